@@ -1,0 +1,1 @@
+"""napari front end: manifest, thin widgets, reader, writer, sample data. The only place that imports Qt/napari."""

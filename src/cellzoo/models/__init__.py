@@ -1,0 +1,32 @@
+"""Model families. Import lazily so that ``import cellzoo`` stays light."""
+from __future__ import annotations
+
+import importlib
+
+from .base import CellModel
+
+#: family name -> "module:Class"
+FAMILIES: dict[str, str] = {
+    "repsnet": "cellzoo.models.repsnet:RepSNet",
+    "fullnet": "cellzoo.models.fullnet:FullNet",
+    "cascade": "cellzoo.models.cascade:CascadeMaskRCNN",
+    "scts": "cellzoo.models.scts:SCTS",
+}
+
+
+def family_class(family: str) -> type[CellModel]:
+    try:
+        target = FAMILIES[family.lower()]
+    except KeyError:
+        raise ValueError(f"unknown model family {family!r}; choose one of {sorted(FAMILIES)}") from None
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_model(family: str, config: dict | None = None) -> CellModel:
+    """Build a family's model from a config dict (missing fields take the family's defaults)."""
+    cls = family_class(family)
+    return cls.from_config(config or {})
+
+
+__all__ = ["CellModel", "FAMILIES", "family_class", "build_model"]
