@@ -1,0 +1,337 @@
+"""The tiled inference engine: one generator used by napari, the CLI, the trainer and the tests.
+
+Dense families: tiles (core + halo) are run in batches, activated, cropped to their cores and
+blended with overlap ramps into full-image maps; the model's post-processing then runs once on
+the stitched maps, so tile borders leave no seams. Detection families: each tile's detections are
+pasted into image coordinates; an object is kept only by the tile that owns its box centre.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Generator, Iterable
+
+import numpy as np
+import torch
+
+from ..models.base import CellModel
+from ..types import Instances, Message, Progress, check_cancel, run_to_end
+from .device import amp_dtype, autocast, select_device
+from .prepare import prepare_image
+from .tiling import TilePlan, plan_tiles, reflect_pad
+from .tta import DIHEDRAL_OPS, IDENTITY, DihedralOp
+
+#: rough activation memory (bytes per input pixel, fp32) when a model does not declare its own
+DEFAULT_BYTES_PER_PIXEL = 6 * 1024
+
+
+def resolve_model(model_or_name: CellModel | str | os.PathLike, device: str | torch.device = "cpu") -> CellModel:
+    """A model instance, a ``.safetensors`` path, or a zoo name (via ``cellzoo.zoo.load_model``)."""
+    if isinstance(model_or_name, CellModel):
+        return model_or_name
+    if isinstance(model_or_name, torch.nn.Module):
+        raise ValueError(f"{type(model_or_name).__name__} is not a cellzoo model (CellModel subclass)")
+    text = str(model_or_name)
+    path = Path(text).expanduser()
+    if path.suffix == ".safetensors" or path.is_file():
+        if not path.is_file():
+            raise FileNotFoundError(f"model file {path} does not exist")
+        from ..zoo.weights import load_weights
+
+        return load_weights(path, device="cpu")[0]
+    zoo = importlib.import_module("cellzoo.zoo")
+    load_model = getattr(zoo, "load_model", None)
+    if load_model is None:
+        raise ValueError(f"cannot resolve model name {text!r}: the model zoo is not available; "
+                         "pass a .safetensors file instead")
+    loaded = load_model(text, device="cpu") if "device" in _parameters(load_model) else load_model(text)
+    return loaded[0] if isinstance(loaded, tuple) else loaded
+
+
+def _parameters(fn) -> set[str]:
+    import inspect
+
+    try:
+        return set(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):  # pragma: no cover
+        return set()
+
+
+def merge_params(model: CellModel, params: dict[str, Any] | None) -> dict[str, Any]:
+    """The model's default post-processing parameters updated by ``params`` (unknown names are errors)."""
+    merged = dict(model.default_postprocess_params() or {})
+    for key, value in (params or {}).items():
+        if merged and key not in merged and key not in ("score_threshold", "mask_threshold"):
+            raise ValueError(f"unknown post-processing parameter {key!r} for {model.family or type(model).__name__}; "
+                             f"valid: {', '.join(sorted(merged))}")
+        merged[key] = value
+    return merged
+
+
+def auto_tile_size(model: CellModel, device: torch.device, batch_size: int) -> int:
+    """Largest tile that keeps a batch's activations within about half of the free memory,
+    capped at 1024 px on CPU/MPS (bigger tiles gain little there) and 2048 px on CUDA."""
+    cap = 2048 if device.type == "cuda" else 1024
+    bytes_per_pixel = float(getattr(model, "inference_bytes_per_pixel", DEFAULT_BYTES_PER_PIXEL))
+    free = _free_memory(device)
+    side = int(math.sqrt(max(free * 0.5 / (bytes_per_pixel * max(1, batch_size)), 1.0)))
+    return max(model.min_tile, min(cap, side))
+
+
+def _free_memory(device: torch.device) -> float:
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return float(free)
+    try:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 4e9
+
+
+def _activate(model: CellModel, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    maps = {}
+    for name, how in model.dense_maps.items():
+        if name not in outputs:
+            raise RuntimeError(f"{type(model).__name__}.forward did not return the dense map {name!r}")
+        raw = outputs[name].float()
+        if how == "softmax":
+            maps[name] = torch.softmax(raw, dim=1)
+        elif how == "sigmoid":
+            maps[name] = torch.sigmoid(raw)
+        elif how == "identity":
+            maps[name] = raw
+        else:
+            raise RuntimeError(f"unknown activation {how!r} for map {name!r} in {type(model).__name__}.dense_maps")
+    return maps
+
+
+def predict_maps(model: CellModel, batch: torch.Tensor, tta: bool = False) -> dict[str, torch.Tensor]:
+    """Activated dense maps for an N×C×H×W batch, averaged over the 8 dihedral ops with ``tta``."""
+    ops: Iterable[DihedralOp] = DIHEDRAL_OPS if tta else (IDENTITY,)
+    hook = getattr(model, "tta_transform_maps", None)
+    total: dict[str, torch.Tensor] = {}
+    count = 0
+    for op in ops:
+        maps = _activate(model, model(op.apply(batch)))
+        if not op.is_identity:
+            maps = {name: op.invert(value) for name, value in maps.items()}
+            if hook is not None:
+                maps = hook(maps, op)
+        for name, value in maps.items():
+            total[name] = value if name not in total else total[name] + value
+        count += 1
+    return {name: value / count for name, value in total.items()} if count > 1 else total
+
+
+def segment_iter(model: CellModel | str, image, *, tile: int | None = None, batch_size: int = 4,
+                 device: str | torch.device = "auto", tta: bool = False, amp: bool | str = True,
+                 params: dict[str, Any] | None = None, channel: int | None = None, normalize: str = "auto",
+                 cancel=None, channels_last: bool | None = None) -> Generator[Any, None, Instances]:
+    """Segment one 2-D image; yields ``Progress("tiles", done, total)`` and returns :class:`Instances`.
+
+    ``tile``: tile edge in pixels including the halo (``None``: chosen from free memory); images
+    smaller than a tile run in one pass. ``amp``: bf16 autocast on CPUs with native bf16, bf16/fp16 on
+    CUDA. ``meta`` of the result holds device, seconds (total, network, post-processing), tiles, amp.
+    """
+    started = time.perf_counter()
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    if tile is not None and tile < 1:
+        raise ValueError(f"tile must be a positive number of pixels; got {tile}")
+    model = resolve_model(model)
+    torch_device, device_name = select_device(device)
+    prepared = prepare_image(image, channel=channel, normalize=normalize)
+    params = merge_params(model, params)
+    dtype = amp_dtype(torch_device, amp)
+    if channels_last is None:
+        channels_last = torch_device.type == "cpu"
+    model.eval()
+    model.to(torch_device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    height, width = prepared.shape[:2]
+    tile_size = tile or auto_tile_size(model, torch_device, batch_size)
+    plan = plan_tiles(height, width, tile_size, model.halo, model.size_divisor, model.min_tile)
+    padded = reflect_pad(prepared, plan.pad_width())
+    tensor = model.preprocess(padded)
+    if not isinstance(tensor, torch.Tensor):
+        tensor = torch.as_tensor(np.asarray(tensor))
+    meta = {"device": device_name, "tiles": len(plan), "tile": list(plan.tile_shape), "tta": bool(tta),
+            "amp": str(dtype).replace("torch.", "") if dtype is not None else "fp32",
+            "shape": [int(height), int(width)]}
+    yield Progress("tiles", 0, len(plan))
+
+    if model.kind == "detection":
+        runner = _detection_runner()
+        if tta:
+            yield Message("test-time augmentation is not available for detection models; running without it",
+                          "warning")
+        instances = yield from runner(model, tensor, plan, batch_size=batch_size, device=torch_device,
+                                      dtype=dtype, channels_last=channels_last, params=params, cancel=cancel)
+        network_seconds = time.perf_counter() - started
+        post_seconds = 0.0
+    else:
+        maps = yield from _dense_maps(model, tensor, plan, batch_size, torch_device, dtype, channels_last,
+                                      tta, cancel)
+        network_seconds = time.perf_counter() - started
+        check_cancel(cancel)
+        post_started = time.perf_counter()
+        instances = model.postprocess(maps, **params)
+        post_seconds = time.perf_counter() - post_started
+    instances.labels = np.ascontiguousarray(instances.labels, dtype=np.int32)
+    if not instances.class_names or instances.class_names == ["background", "nucleus"]:
+        instances.class_names = model.class_names
+    meta.update(seconds=time.perf_counter() - started, network_seconds=network_seconds,
+                postprocess_seconds=post_seconds)
+    instances.meta.update(meta)
+    return instances
+
+
+def _batches(plan: TilePlan, batch_size: int):
+    positions = plan.positions
+    for start in range(0, len(positions), batch_size):
+        yield positions[start:start + batch_size]
+
+
+def _dense_maps(model, tensor, plan: TilePlan, batch_size, device, dtype, channels_last, tta, cancel):
+    height, width, halo = plan.height, plan.width, plan.halo
+    tile_h, tile_w = plan.tile_shape
+    sums: dict[str, np.ndarray] = {}
+    weight_sum = np.zeros((height, width), dtype=np.float32)
+    done = 0
+    with torch.inference_mode():
+        for group in _batches(plan, batch_size):
+            check_cancel(cancel)
+            batch = torch.stack([tensor[:, y:y + tile_h, x:x + tile_w] for _i, _j, y, x in group])
+            batch = batch.to(device, dtype=torch.float32, non_blocking=True)
+            if channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            with autocast(device, dtype):
+                maps = predict_maps(model, batch, tta)
+            cores = {name: value[:, :, halo:halo + plan.rows.core, halo:halo + plan.cols.core].float().cpu().numpy()
+                     for name, value in maps.items()}
+            for index, (row, col, y, x) in enumerate(group):
+                core_h, core_w = plan.core_extent(y, x)
+                weights = plan.weights(row, col)[:core_h, :core_w]
+                weight_sum[y:y + core_h, x:x + core_w] += weights
+                for name, value in cores.items():
+                    if name not in sums:
+                        sums[name] = np.zeros((value.shape[1], height, width), dtype=np.float32)
+                    sums[name][:, y:y + core_h, x:x + core_w] += value[index, :, :core_h, :core_w] * weights
+            done += len(group)
+            yield Progress("tiles", done, len(plan))
+    for value in sums.values():
+        value /= weight_sum
+    return sums
+
+
+def _detection_runner():
+    """Use ``cellzoo.infer.detection.segment_detection_iter`` when the detection module provides it."""
+    try:
+        module = importlib.import_module("cellzoo.infer.detection")
+    except ModuleNotFoundError as exc:
+        if exc.name != "cellzoo.infer.detection":
+            raise
+        return _stitch_detections
+    return getattr(module, "segment_detection_iter", _stitch_detections)
+
+
+def _stitch_detections(model, tensor, plan: TilePlan, *, batch_size, device, dtype, channels_last, params,
+                       cancel):
+    """Default detection stitching: per tile ``model(batch)`` (eval) returns torchvision-style dicts
+    (boxes x1y1x2y2, labels, scores, masks N×1×h×w probabilities at tile size). A detection is kept
+    by the tile that owns its box centre; masks are pasted with higher scores painted last."""
+    score_threshold = float(params.get("score_threshold", 0.5))
+    mask_threshold = float(params.get("mask_threshold", 0.5))
+    height, width, halo = plan.height, plan.width, plan.halo
+    tile_h, tile_w = plan.tile_shape
+    kept: list[tuple[float, int, int, int, np.ndarray]] = []
+    done = 0
+    with torch.inference_mode():
+        for group in _batches(plan, batch_size):
+            check_cancel(cancel)
+            batch = torch.stack([tensor[:, y:y + tile_h, x:x + tile_w] for _i, _j, y, x in group]).to(device)
+            if channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            with autocast(device, dtype):
+                outputs = model(batch)
+            for (row, col, y, x), detections in zip(group, outputs):
+                own_y, own_x = plan.rows.owned(row, height), plan.cols.owned(col, width)
+                boxes = detections["boxes"].float().cpu().numpy()
+                scores = detections["scores"].float().cpu().numpy()
+                labels = detections["labels"].cpu().numpy()
+                masks = detections["masks"].float().cpu().numpy()
+                for box, score, label, mask in zip(boxes, scores, labels, masks):
+                    if score < score_threshold:
+                        continue
+                    # tile coords -> image coords: the tile starts at (y - halo, x - halo)
+                    cy = (box[1] + box[3]) / 2 + y - halo
+                    cx = (box[0] + box[2]) / 2 + x - halo
+                    if not (own_y[0] <= cy < own_y[1] and own_x[0] <= cx < own_x[1]):
+                        continue
+                    binary = mask[0] >= mask_threshold
+                    rows = np.flatnonzero(binary.any(1))
+                    cols = np.flatnonzero(binary.any(0))
+                    if rows.size == 0:
+                        continue
+                    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+                    iy0, ix0 = r0 + y - halo, c0 + x - halo
+                    crop = binary[r0:r1, c0:c1]
+                    # clip to the image
+                    top, left = max(0, -iy0), max(0, -ix0)
+                    bottom = min(crop.shape[0], height - iy0)
+                    right = min(crop.shape[1], width - ix0)
+                    if bottom <= top or right <= left:
+                        continue
+                    kept.append((float(score), int(label), iy0 + top, ix0 + left, crop[top:bottom, left:right]))
+            done += len(group)
+            yield Progress("tiles", done, len(plan))
+    labels_map = np.zeros((height, width), dtype=np.int32)
+    order = sorted(range(len(kept)), key=lambda i: kept[i][0])
+    for number, index in enumerate(order, start=1):
+        _score, _label, y0, x0, crop = kept[index]
+        region = labels_map[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]]
+        region[crop] = number
+    present = np.unique(labels_map)
+    present = present[present != 0]
+    relabel = np.zeros(len(kept) + 1, dtype=np.int32)
+    relabel[present] = np.arange(1, present.size + 1, dtype=np.int32)
+    class_of, scores = {}, {}
+    for old in present:
+        score, label, *_ = kept[order[old - 1]]
+        class_of[int(relabel[old])] = label
+        scores[int(relabel[old])] = score
+    labels_map = relabel[labels_map]
+    return Instances(labels=labels_map, class_of=class_of, scores=scores, class_names=model.class_names)
+
+
+def segment(model_or_name: CellModel | str, image, on_event=None, **kwargs) -> Instances:
+    """Run :func:`segment_iter` to the end and return its :class:`Instances`."""
+    return run_to_end(segment_iter(model_or_name, image, **kwargs), on_event)
+
+
+def segment_stack_iter(model: CellModel | str, stack, **kwargs) -> Generator[Any, None, list[Instances]]:
+    """Segment each plane of a Z/T×H×W or Z/T×H×W×C stack (numpy, dask or zarr) on its own.
+
+    Yields ``Progress("planes", done, total)``; returns a list of :class:`Instances`.
+    """
+    shape = getattr(stack, "shape", None)
+    if shape is None:
+        stack = np.asarray(stack)
+        shape = stack.shape
+    if len(shape) not in (3, 4):
+        raise ValueError(f"expected a stack of planes (Z×H×W or Z×H×W×C); got shape {tuple(shape)}")
+    model = resolve_model(model)
+    cancel = kwargs.get("cancel")
+    results: list[Instances] = []
+    total = int(shape[0])
+    yield Progress("planes", 0, total)
+    for index in range(total):
+        check_cancel(cancel)
+        plane = np.asarray(stack[index])
+        results.append(run_to_end(segment_iter(model, plane, **kwargs)))
+        yield Progress("planes", index + 1, total)
+    return results
