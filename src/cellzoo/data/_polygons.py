@@ -1,0 +1,122 @@
+"""Shared geometry for the polygon formats (XML, COCO, GeoJSON): label map ↔ polygons, per-instance classes.
+
+Coordinates: polygons are (x, y) in *pixel-corner* coordinates, i.e. pixel (row r, col c) covers
+[c, c+1] × [r, r+1] and its centre is (c + 0.5, r + 0.5) — the convention of COCO and QuPath.
+Formats that use pixel-index coordinates (MoNuSeg XML) pass ``center=0.0``.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+from scipy import ndimage
+from skimage import draw, measure
+
+#: Coordinate of the first pixel's centre in pixel-corner coordinates.
+CORNER_CENTER = 0.5
+
+
+def labels_to_polygons(labels: np.ndarray, tolerance: float = 0.0,
+                       center: float = CORNER_CENTER) -> list[tuple[int, list[np.ndarray]]]:
+    """Outer boundary rings of each instance: ``[(id, [ring (K×2 x,y), ...]), ...]`` in id order.
+
+    Rings run through the mid-points between object and background pixels (marching squares at 0.5 on
+    the hole-filled mask), so rasterising them at pixel centres gives back exactly the filled object.
+    Objects in several pieces give one ring per piece; holes are not kept. ``tolerance`` > 0
+    simplifies rings (Douglas–Peucker, in pixels); 0 only drops collinear vertices.
+    """
+    labels = np.asarray(labels)
+    result: list[tuple[int, list[np.ndarray]]] = []
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        row0, col0 = box[0].start, box[1].start
+        mask = ndimage.binary_fill_holes(labels[box] == index)
+        padded = np.pad(mask, 1).astype(np.uint8)
+        rings = []
+        for contour in measure.find_contours(padded, 0.5):
+            contour = measure.approximate_polygon(contour, tolerance)
+            if len(contour) > 1 and np.array_equal(contour[0], contour[-1]):
+                contour = contour[:-1]
+            if len(contour) < 3:
+                continue
+            # padded index coordinates -> image index coordinates -> requested convention; (row, col) -> (x, y)
+            xy = contour[:, ::-1] + (np.array([col0, row0]) - 1 + center)
+            rings.append(xy)
+        if rings:
+            result.append((index, rings))
+    return result
+
+
+def ring_pixels(ring_xy: np.ndarray, shape: tuple[int, int], center: float = CORNER_CENTER
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the pixels whose centres lie inside ``ring_xy`` (x, y), clipped to ``shape``."""
+    ring_xy = np.asarray(ring_xy, dtype=float)
+    if ring_xy.ndim != 2 or ring_xy.shape[1] != 2 or len(ring_xy) < 3:
+        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
+    return draw.polygon(ring_xy[:, 1] - center, ring_xy[:, 0] - center, shape)
+
+
+def rasterise(objects: Iterable[tuple[int, list[np.ndarray], list[np.ndarray]]], shape: tuple[int, int],
+              center: float = CORNER_CENTER) -> np.ndarray:
+    """Paint ``(id, exterior rings, hole rings)`` into an int32 map; later objects overwrite earlier ones."""
+    labels = np.zeros(shape, dtype=np.int32)
+    for index, exteriors, holes in objects:
+        for ring in exteriors:
+            rows, cols = ring_pixels(ring, shape, center)
+            labels[rows, cols] = index
+        for ring in holes:
+            rows, cols = ring_pixels(ring, shape, center)
+            inside = labels[rows, cols] == index
+            labels[rows[inside], cols[inside]] = 0
+    return labels
+
+
+def extent_of(rings: Iterable[np.ndarray], center: float = CORNER_CENTER) -> tuple[int, int]:
+    """Smallest (H, W) that holds every pixel touched by ``rings`` — used when no image shape is given."""
+    max_x = max_y = -np.inf
+    for ring in rings:
+        ring = np.asarray(ring, dtype=float)
+        if ring.size:
+            max_x, max_y = max(max_x, ring[:, 0].max()), max(max_y, ring[:, 1].max())
+    if not np.isfinite(max_x):
+        return 0, 0
+    return int(np.floor(max_y - center)) + 1, int(np.floor(max_x - center)) + 1
+
+
+def instance_classes(labels: np.ndarray, classes: np.ndarray | None) -> dict[int, int]:
+    """Majority class id of each instance (ties: the smaller class id); class 0 counts too."""
+    labels = np.asarray(labels)
+    ids = np.unique(labels)
+    ids = ids[ids != 0]
+    if classes is None:
+        return {int(i): 1 for i in ids}
+    classes = np.asarray(classes)
+    if classes.shape != labels.shape:
+        raise ValueError(f"class map shape {classes.shape} does not match label map shape {labels.shape}.")
+    fg = labels != 0
+    pairs = labels[fg].astype(np.int64) * 256 + classes[fg].astype(np.int64)
+    values, counts = np.unique(pairs, return_counts=True)
+    best: dict[int, tuple[int, int]] = {}
+    for value, count in zip(values.tolist(), counts.tolist()):
+        index, cls = divmod(value, 256)
+        if index not in best or count > best[index][0]:  # values ascend, so ties keep the smaller class
+            best[index] = (count, cls)
+    return {index: cls for index, (_, cls) in best.items()}
+
+
+def class_map_from(labels: np.ndarray, class_of: dict[int, int]) -> np.ndarray:
+    """Per-pixel uint8 class map from a per-instance class table."""
+    lut = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.uint8)
+    for index, cls in class_of.items():
+        if 0 < index < lut.size:
+            lut[index] = cls
+    return lut[labels]
+
+
+def class_names_or_default(class_names: list[str] | None, max_class: int) -> list[str]:
+    """``class_names`` padded so it names every class id up to ``max_class`` (``class_k`` for gaps)."""
+    names = list(class_names) if class_names else ["background"]
+    while len(names) <= max_class:
+        names.append("nucleus" if len(names) == 1 and max_class == 1 else f"class_{len(names)}")
+    return names

@@ -1,0 +1,300 @@
+"""COCO instance annotations (polygons or RLE) and COCO results lists ↔ instance (+ class) maps.
+
+Masks are encoded and decoded with ``pycocotools.mask`` (Fortran-order RLE; compressed ``counts``
+written as str so the JSON is valid). Polygons are (x, y) in pixel-corner coordinates, the COCO
+convention. Class ids are COCO category ids when those are 1..255.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from scipy import ndimage
+
+from cellzoo._atomic import atomic_write_text
+from cellzoo.data import _polygons
+
+SEGMENTATION_KINDS = ("rle", "polygon")
+
+
+# ----------------------------------------------------------------------------- encoding
+def _instance_masks(labels: np.ndarray):
+    """Yield ``(id, full-size Fortran uint8 mask)`` per instance; only the object's box is compared."""
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        mask = np.zeros(labels.shape, dtype=np.uint8, order="F")
+        mask[box] = labels[box] == index
+        yield index, mask
+
+
+def _rle(mask_fortran: np.ndarray) -> dict:
+    rle = mask_utils.encode(mask_fortran)
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def _bbox_area(rle: dict) -> tuple[list[float], int]:
+    return [float(v) for v in mask_utils.toBbox(rle)], int(mask_utils.area(rle))
+
+
+def _class_lookup(labels: np.ndarray, classes: np.ndarray | Mapping[int, int] | None) -> dict[int, int]:
+    if classes is None:
+        return {}
+    if isinstance(classes, Mapping):
+        return {int(k): int(v) for k, v in classes.items()}
+    return _polygons.instance_classes(labels, classes)
+
+
+def labels_to_coco_annotations(labels: np.ndarray, classes: np.ndarray | Mapping[int, int] | None = None, *,
+                               image_id: int = 1, start_id: int = 1, segmentation: str = "rle",
+                               tolerance: float = 0.0) -> list[dict]:
+    """COCO ``annotations`` for one image. ``classes``: class map or {instance id: class id}; without it
+    every object is category 1. ``segmentation``: "rle" (exact) or "polygon" (outer rings)."""
+    if segmentation not in SEGMENTATION_KINDS:
+        raise ValueError(f"segmentation must be one of {SEGMENTATION_KINDS}, got {segmentation!r}.")
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be a 2-D instance map, got shape {labels.shape}.")
+    class_of = _class_lookup(labels, classes)
+    polygons = dict(_polygons.labels_to_polygons(labels, tolerance)) if segmentation == "polygon" else {}
+    annotations = []
+    for index, mask in _instance_masks(labels):
+        rle = _rle(mask)
+        bbox, area = _bbox_area(rle)
+        if segmentation == "polygon":
+            seg: Any = [ring.ravel().round(3).tolist() for ring in polygons.get(index, [])]
+        else:
+            seg = rle
+        annotations.append({"id": start_id + len(annotations), "image_id": int(image_id),
+                            "category_id": int(class_of.get(index, 1)), "segmentation": seg,
+                            "area": area, "bbox": bbox, "iscrowd": 0})
+    return annotations
+
+
+def to_coco(images: Iterable, class_names: list[str] | None = None, segmentation: str = "rle",
+            tolerance: float = 0.0) -> dict:
+    """A COCO dict for several images. ``images`` yields ``(file_name, labels[, classes])`` tuples or
+    :class:`~cellzoo.data.Sample` objects (file name from ``meta["file_name"]``, else the name).
+    Categories are ``class_names[1:]`` (default: one category "nucleus" or class_k per class id)."""
+    coco: dict = {"images": [], "annotations": [], "categories": []}
+    max_class = 0
+    for image_id, entry in enumerate(images, start=1):
+        if hasattr(entry, "labels"):
+            file_name, labels, classes = entry.meta.get("file_name", entry.name), entry.labels, entry.classes
+        else:
+            file_name, labels, *rest = entry
+            classes = rest[0] if rest else None
+        labels = np.asarray(labels)
+        coco["images"].append({"id": image_id, "file_name": str(file_name),
+                               "height": int(labels.shape[0]), "width": int(labels.shape[1])})
+        annotations = labels_to_coco_annotations(labels, classes, image_id=image_id,
+                                                 start_id=len(coco["annotations"]) + 1,
+                                                 segmentation=segmentation, tolerance=tolerance)
+        coco["annotations"].extend(annotations)
+        max_class = max([max_class] + [a["category_id"] for a in annotations])
+    names = _polygons.class_names_or_default(class_names, max(max_class, 1))
+    coco["categories"] = [{"id": k, "name": name, "supercategory": "cell"} for k, name in enumerate(names) if k]
+    return coco
+
+
+def write_coco(path: str | os.PathLike, coco: dict | list) -> Path:
+    """Write a COCO dict (or results list) as JSON, atomically."""
+    path = Path(path)
+    atomic_write_text(path, json.dumps(coco))
+    return path
+
+
+# ----------------------------------------------------------------------------- decoding
+def read_coco(source: str | os.PathLike | dict) -> dict:
+    """Load and check a COCO annotation file (or pass a dict through the same checks)."""
+    if isinstance(source, dict):
+        coco = source
+        where = "COCO dict"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"COCO file not found: {path}.")
+        try:
+            coco = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path.name} is not valid JSON ({exc}).") from exc
+        where = path.name
+    if not isinstance(coco, dict) or "images" not in coco or "annotations" not in coco:
+        hint = " It looks like a COCO results list; use read_coco_results." if isinstance(coco, list) else ""
+        raise ValueError(f"{where} is not a COCO annotation file: it needs 'images' and 'annotations'.{hint}")
+    return coco
+
+
+def coco_class_names(coco: dict) -> tuple[list[str], dict[int, int]]:
+    """``(class_names, {category id: class id})``. Category ids 1..255 are kept as class ids; other id
+    sets are renumbered 1..K in ascending order."""
+    categories = sorted(coco.get("categories") or [], key=lambda c: c["id"])
+    ids = [int(c["id"]) for c in categories]
+    if not ids:
+        ids = sorted({int(a.get("category_id", 1)) for a in coco["annotations"]}) or [1]
+        categories = [{"id": i, "name": "nucleus" if len(ids) == 1 else f"class_{i}"} for i in ids]
+    if all(1 <= i <= 255 for i in ids):
+        mapping = {i: i for i in ids}
+    else:
+        if len(ids) > 255:
+            raise ValueError(f"{len(ids)} COCO categories do not fit a uint8 class map (at most 255).")
+        mapping = {i: k for k, i in enumerate(ids, start=1)}
+    names = ["background"] + [f"class_{k}" for k in range(1, max(mapping.values()) + 1)]
+    for category in categories:
+        names[mapping[int(category["id"])]] = str(category.get("name", names[mapping[int(category["id"])]]))
+    return names, mapping
+
+
+def _find_image(coco: dict, image: int | str) -> dict:
+    for info in coco["images"]:
+        if isinstance(image, (int, np.integer)) and info.get("id") == image:
+            return info
+        if isinstance(image, str):
+            file_name = str(info.get("file_name", ""))
+            if image in (file_name, Path(file_name).name, Path(file_name).stem):
+                return info
+    known = ", ".join(str(i.get("file_name", i.get("id"))) for i in coco["images"][:10])
+    raise ValueError(f"image {image!r} is not in the COCO file (images: {known}"
+                     f"{', ...' if len(coco['images']) > 10 else ''}).")
+
+
+def segmentation_to_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
+    """Decode one COCO segmentation (polygon list, uncompressed RLE, or compressed RLE) to an H×W bool mask."""
+    if isinstance(segmentation, list):
+        if not segmentation:
+            return np.zeros((height, width), dtype=bool)
+        rles = mask_utils.frPyObjects([list(map(float, p)) for p in segmentation if len(p) >= 6], height, width)
+        rle = mask_utils.merge(rles) if rles else None
+        if rle is None:
+            return np.zeros((height, width), dtype=bool)
+    elif isinstance(segmentation, dict) and "counts" in segmentation:
+        size = segmentation.get("size", [height, width])
+        if isinstance(segmentation["counts"], list):
+            rle = mask_utils.frPyObjects(segmentation, *size)
+        else:
+            counts = segmentation["counts"]
+            rle = {"size": list(size), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    else:
+        raise ValueError(f"unknown COCO segmentation {str(segmentation)[:80]!r}; expected a polygon list or an "
+                         f"RLE dict with 'size' and 'counts'.")
+    mask = mask_utils.decode(rle).astype(bool)
+    if mask.shape != (height, width):
+        raise ValueError(f"a COCO mask has size {mask.shape} but its image is {(height, width)}.")
+    return mask
+
+
+def coco_to_labels(coco: dict | str | os.PathLike, image: int | str, shape: tuple[int, int] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Instance map, class map and class names of one image (by id, file name, or stem).
+
+    Objects are painted in annotation order (a later one wins where they overlap); crowd regions
+    (``iscrowd=1``) are not instances and are skipped. A file with a single category gives
+    ``classes=None``.
+    """
+    coco = read_coco(coco)
+    info = _find_image(coco, image)
+    height = int(info.get("height") or (shape[0] if shape else 0))
+    width = int(info.get("width") or (shape[1] if shape else 0))
+    if not height or not width:
+        raise ValueError(f"image {image!r} has no height/width in the COCO file; pass shape=(H, W).")
+    if shape is not None and tuple(shape) != (height, width):
+        raise ValueError(f"COCO image {image!r} is {height}×{width} but the given shape is {tuple(shape)}.")
+    class_names, mapping = coco_class_names(coco)
+    labels = np.zeros((height, width), dtype=np.int32)
+    class_of: dict[int, int] = {}
+    image_id = info.get("id")
+    for annotation in coco["annotations"]:
+        if annotation.get("image_id") != image_id or annotation.get("iscrowd", 0):
+            continue
+        mask = segmentation_to_mask(annotation["segmentation"], height, width)
+        index = len(class_of) + 1
+        labels[mask] = index
+        class_of[index] = mapping.get(int(annotation.get("category_id", 1)), 0)
+    if len(mapping) <= 1:
+        return labels, None, class_names
+    return labels, _polygons.class_map_from(labels, class_of), class_names
+
+
+# ----------------------------------------------------------------------------- results lists
+def instances_to_coco_results(labels: np.ndarray, classes: np.ndarray | Mapping[int, int] | None = None,
+                              scores: Mapping[int, float] | None = None, image_id: int = 0) -> list[dict]:
+    """COCO results entries ``{image_id, category_id, score, bbox, segmentation (RLE, str counts)}``.
+
+    ``classes``: class map or {instance id: class id} (default category 1); ``scores``: {instance id:
+    score} (default 1.0) — e.g. ``Instances.scores``.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be a 2-D instance map, got shape {labels.shape}.")
+    class_of = _class_lookup(labels, classes)
+    scores = scores or {}
+    results = []
+    for index, mask in _instance_masks(labels):
+        rle = _rle(mask)
+        bbox, _ = _bbox_area(rle)
+        results.append({"image_id": int(image_id), "category_id": int(class_of.get(index, 1)),
+                        "score": float(scores.get(index, 1.0)), "bbox": bbox, "segmentation": rle})
+    return results
+
+
+def read_coco_results(source: str | os.PathLike | list, image_id: int | None = None,
+                      shape: tuple[int, int] | None = None, score_threshold: float = 0.0
+                      ) -> tuple[np.ndarray, np.ndarray, dict[int, float]]:
+    """Rasterise one image's detections from a COCO results list.
+
+    Returns ``(labels int32, classes uint8 (category ids), scores {instance id: score})``. Detections
+    below ``score_threshold`` are dropped; where masks overlap the higher score wins. ``image_id`` may
+    be omitted when the list holds one image; ``shape`` when the entries carry RLE sizes.
+    """
+    if isinstance(source, list):
+        results, where = source, "results list"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"COCO results file not found: {path}.")
+        try:
+            results = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path.name} is not valid JSON ({exc}).") from exc
+        where = path.name
+    if not isinstance(results, list) or any(not isinstance(r, dict) or "segmentation" not in r for r in results):
+        raise ValueError(f"{where} is not a COCO results list (a JSON list of "
+                         f"{{image_id, category_id, score, bbox, segmentation}}).")
+    image_ids = sorted({r.get("image_id") for r in results}, key=str)
+    if image_id is None:
+        if len(image_ids) > 1:
+            raise ValueError(f"{where} holds several images ({image_ids[:10]}); pass image_id.")
+        image_id = image_ids[0] if image_ids else None
+    chosen = [r for r in results if r.get("image_id") == image_id and float(r.get("score", 1.0)) >= score_threshold]
+    if shape is None:
+        sizes = {tuple(r["segmentation"]["size"]) for r in chosen if isinstance(r["segmentation"], dict)}
+        if len(sizes) != 1:
+            raise ValueError(f"cannot tell the image size from {where}; pass shape=(H, W).")
+        shape = sizes.pop()
+    height, width = int(shape[0]), int(shape[1])
+    labels = np.zeros((height, width), dtype=np.int32)
+    classes = np.zeros((height, width), dtype=np.uint8)
+    scores: dict[int, float] = {}
+    # ascending score, so a higher-scoring mask overwrites a lower one where they overlap
+    for index, result in enumerate(sorted(chosen, key=lambda r: float(r.get("score", 1.0))), start=1):
+        category = int(result.get("category_id", 1))
+        if not 0 <= category <= 255:
+            raise ValueError(f"category_id {category} does not fit a uint8 class map.")
+        mask = segmentation_to_mask(result["segmentation"], height, width)
+        labels[mask] = index
+        classes[mask] = category
+        scores[index] = float(result.get("score", 1.0))
+    present = set(np.unique(labels).tolist())
+    return labels, classes, {k: v for k, v in scores.items() if k in present}
+
+
+def write_coco_results(path: str | os.PathLike, results: list[dict]) -> Path:
+    """Write a COCO results list as JSON, atomically."""
+    if not isinstance(results, list):
+        raise ValueError("a COCO results file holds a list of detections; build it with instances_to_coco_results.")
+    return write_coco(path, results)

@@ -1,0 +1,177 @@
+"""Reading and writing images, instance maps and class maps.
+
+Images keep the file's native dtype and layout (H×W, H×W×C, or pages×H×W[×C] for multi-page TIFF).
+Instance maps are returned as int32 and written as zlib-compressed uint16 TIFF (uint32 when ids do not
+fit); class maps as uint8. Every write is atomic (temporary file + rename).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import tifffile
+
+from cellzoo._atomic import atomic_path
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+#: Formats read through imageio (Pillow); TIFF goes through tifffile.
+PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_SUFFIXES = TIFF_SUFFIXES + PILLOW_SUFFIXES
+#: Lossless formats that can hold a label map.
+LABEL_SUFFIXES = TIFF_SUFFIXES + (".png",)
+
+
+def _suffix(path: Path) -> str:
+    return path.suffix.lower()
+
+
+def _existing_file(path: str | os.PathLike, what: str) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} file not found: {path}. Check the path (and the working directory).")
+    if path.is_dir():
+        raise ValueError(f"{what} path {path} is a folder; give the path of a single file.")
+    return path
+
+
+def _check_suffix(path: Path, allowed: tuple[str, ...], what: str) -> str:
+    suffix = _suffix(path)
+    if suffix not in allowed:
+        raise ValueError(f"cannot read {what} from {path.name!r}: unsupported file type {suffix or '(none)'!r}; "
+                         f"use one of {', '.join(allowed)}.")
+    return suffix
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image in its native dtype.
+
+    TIFF (tifffile): H×W, H×W×C, or pages×H×W[×C] for multi-page files. PNG/JPEG/BMP (imageio):
+    H×W (gray), H×W×3 (RGB) or H×W×4 (RGBA); 16-bit PNG stays uint16.
+    """
+    path = _existing_file(path, "image")
+    suffix = _check_suffix(path, IMAGE_SUFFIXES, "an image")
+    try:
+        if suffix in TIFF_SUFFIXES:
+            return np.asarray(tifffile.imread(path))
+        return np.asarray(iio.imread(path))
+    except (OSError, ValueError, tifffile.TiffFileError) as exc:
+        raise ValueError(f"could not read image {path}: {exc}. Is the file complete and really a "
+                         f"{suffix} image?") from exc
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int = 95) -> Path:
+    """Write ``image`` atomically. TIFF keeps any dtype and shape (zlib-compressed); PNG takes uint8 or
+    uint16 gray/RGB/RGBA; JPEG takes uint8 gray/RGB (lossy)."""
+    path = Path(path)
+    suffix = _check_suffix(path, IMAGE_SUFFIXES, "an image")
+    image = np.asarray(image)
+    if image.ndim < 2:
+        raise ValueError(f"cannot write a {image.ndim}-D array as an image; expected H×W or H×W×C.")
+    rgb_like = image.ndim >= 3 and image.shape[-1] in (3, 4)
+    if suffix in TIFF_SUFFIXES:
+        photometric = "rgb" if rgb_like and image.dtype in (np.uint8, np.uint16) else "minisblack"
+        extra = {"extrasamples": ["unassalpha"]} if photometric == "rgb" and image.shape[-1] == 4 else {}
+        with atomic_path(path) as tmp:
+            tifffile.imwrite(tmp, image, photometric=photometric, compression="zlib", **extra)
+        return path
+    if image.ndim > 3 or (image.ndim == 3 and image.shape[-1] not in (3, 4)):
+        raise ValueError(f"{suffix} holds H×W, H×W×3 or H×W×4 images, not shape {image.shape}; "
+                         f"write multi-page or multi-channel data as .tif.")
+    allowed = (np.uint8,) if suffix in (".jpg", ".jpeg", ".bmp") else (np.uint8, np.uint16)
+    if image.dtype not in allowed:
+        raise ValueError(f"{suffix} cannot store {image.dtype} data; convert to "
+                         f"{' or '.join(np.dtype(d).name for d in allowed)} or write a .tif.")
+    kwargs = {"quality": int(jpeg_quality)} if suffix in (".jpg", ".jpeg") else {}
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, image, extension=suffix, **kwargs)
+    return path
+
+
+def _as_2d(array: np.ndarray, path: Path, what: str) -> np.ndarray:
+    array = np.squeeze(array) if array.ndim > 2 else array
+    if array.ndim != 2:
+        raise ValueError(f"{what} {path.name} has shape {array.shape}; expected a single 2-D H×W map "
+                         f"(an RGB or multi-page file is not a label map).")
+    return array
+
+
+def read_labels(path: str | os.PathLike) -> np.ndarray:
+    """Read an instance map (0 = background, 1..N = objects) as int32."""
+    path = _existing_file(path, "label")
+    _check_suffix(path, LABEL_SUFFIXES, "a label map")
+    labels = _as_2d(read_image(path), path, "label map")
+    return labels_as_int32(labels, source=path.name)
+
+
+def labels_as_int32(labels: np.ndarray, source: str = "label map") -> np.ndarray:
+    """Validate an instance map (integers ≥ 0 that fit int32) and return it as int32."""
+    labels = np.asarray(labels)
+    if labels.dtype == bool:
+        raise ValueError(f"{source} is a binary mask, not an instance map; label its objects first "
+                         f"(e.g. scipy.ndimage.label).")
+    if labels.dtype.kind == "f":
+        if labels.size and not np.array_equal(labels, np.round(labels)):
+            raise ValueError(f"{source} holds non-integer values; an instance map needs integer ids.")
+    elif labels.dtype.kind not in "iu":
+        raise ValueError(f"{source} has dtype {labels.dtype}; an instance map needs integer ids.")
+    if labels.size:
+        lo, hi = labels.min(), labels.max()
+        if lo < 0:
+            raise ValueError(f"{source} holds negative ids (min {lo}); instance ids must be ≥ 0.")
+        if hi > np.iinfo(np.int32).max:
+            raise ValueError(f"{source} holds ids up to {hi}, beyond int32; relabel it "
+                             f"(skimage.segmentation.relabel_sequential).")
+    return labels.astype(np.int32, copy=False)
+
+
+def write_labels(path: str | os.PathLike, labels: np.ndarray) -> Path:
+    """Write an instance map atomically: zlib TIFF as uint16 (uint32 when ids reach 65536), or 16-bit PNG."""
+    path = Path(path)
+    suffix = _check_suffix(path, LABEL_SUFFIXES, "a label map")
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"a label map must be 2-D (H×W), got shape {labels.shape}.")
+    labels = labels_as_int32(labels, source="label map to write")
+    fits_16 = labels.size == 0 or int(labels.max()) < 2 ** 16
+    if suffix == ".png" and not fits_16:
+        raise ValueError(f"{path.name}: ids up to {labels.max()} do not fit a 16-bit PNG; write a .tif.")
+    data = labels.astype(np.uint16 if fits_16 else np.uint32)
+    with atomic_path(path) as tmp:
+        if suffix == ".png":
+            iio.imwrite(tmp, data, extension=".png")
+        else:
+            tifffile.imwrite(tmp, data, compression="zlib", photometric="minisblack")
+    return path
+
+
+def read_class_map(path: str | os.PathLike) -> np.ndarray:
+    """Read a per-pixel class map (0 = background, 1..K = classes) as uint8."""
+    path = _existing_file(path, "class map")
+    _check_suffix(path, LABEL_SUFFIXES, "a class map")
+    classes = _as_2d(read_image(path), path, "class map")
+    if classes.dtype.kind not in "iu" and not (classes.dtype.kind == "f" and np.array_equal(classes, np.round(classes))):
+        raise ValueError(f"class map {path.name} has dtype {classes.dtype}; class ids must be integers.")
+    if classes.size and (classes.min() < 0 or classes.max() > 255):
+        raise ValueError(f"class map {path.name} holds values {classes.min()}..{classes.max()}; "
+                         f"class ids must be 0..255.")
+    return classes.astype(np.uint8, copy=False)
+
+
+def write_class_map(path: str | os.PathLike, classes: np.ndarray) -> Path:
+    """Write a class map atomically as uint8 (zlib TIFF or PNG)."""
+    path = Path(path)
+    suffix = _check_suffix(path, LABEL_SUFFIXES, "a class map")
+    classes = np.asarray(classes)
+    if classes.ndim != 2:
+        raise ValueError(f"a class map must be 2-D (H×W), got shape {classes.shape}.")
+    if classes.size and (classes.min() < 0 or classes.max() > 255):
+        raise ValueError(f"class ids must be 0..255, got {classes.min()}..{classes.max()}.")
+    data = classes.astype(np.uint8)
+    with atomic_path(path) as tmp:
+        if suffix == ".png":
+            iio.imwrite(tmp, data, extension=".png")
+        else:
+            tifffile.imwrite(tmp, data, compression="zlib", photometric="minisblack")
+    return path

@@ -1,0 +1,81 @@
+"""CoNIC / PanNuke-style array files: ``images.npy`` (N×H×W×3) and ``labels.npy`` (N×H×W×2 =
+instance map, class map; or N×H×W instance maps only)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from cellzoo._atomic import atomic_path
+
+
+def _load(path: Path, mmap: bool) -> np.ndarray:
+    if not path.is_file():
+        raise FileNotFoundError(f"array file not found: {path}.")
+    try:
+        # allow_pickle=False: a .npy from the internet must not run code.
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as exc:
+        raise ValueError(f"could not read {path.name} as a plain .npy array ({exc}).") from exc
+
+
+def _resolve(images: str | os.PathLike, labels: str | os.PathLike | None) -> tuple[Path, Path]:
+    images = Path(images)
+    if images.is_dir():
+        return images / "images.npy", Path(labels) if labels is not None else images / "labels.npy"
+    if labels is None:
+        return images, images.with_name("labels.npy")
+    return images, Path(labels)
+
+
+def read_npy(images: str | os.PathLike, labels: str | os.PathLike | None = None, mmap: bool = True
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Read ``(images N×H×W[×C], instance maps N×H×W, class maps N×H×W or None)``.
+
+    ``images`` is the ``images.npy`` path or the folder holding ``images.npy`` and ``labels.npy``.
+    With ``mmap`` the arrays are memory-mapped, so only the samples you index are read.
+    """
+    images_path, labels_path = _resolve(images, labels)
+    image_array = _load(images_path, mmap)
+    label_array = _load(labels_path, mmap)
+    if image_array.ndim not in (3, 4):
+        raise ValueError(f"{images_path.name} has shape {image_array.shape}; expected N×H×W×C or N×H×W.")
+    if label_array.ndim == 4 and label_array.shape[-1] == 2:
+        instances, classes = label_array[..., 0], label_array[..., 1]
+    elif label_array.ndim == 3:
+        instances, classes = label_array, None
+    else:
+        raise ValueError(f"{labels_path.name} has shape {label_array.shape}; expected N×H×W×2 "
+                         f"(instance map, class map) or N×H×W (instance maps).")
+    if label_array.dtype.kind not in "iu":
+        raise ValueError(f"{labels_path.name} has dtype {label_array.dtype}; label arrays must be integers.")
+    if instances.shape != image_array.shape[:3]:
+        raise ValueError(f"{images_path.name} holds {image_array.shape[0]} images of "
+                         f"{image_array.shape[1:3]} but {labels_path.name} holds {instances.shape[0]} label "
+                         f"maps of {instances.shape[1:3]}; they must match one to one.")
+    return image_array, instances, classes
+
+
+def write_npy(folder: str | os.PathLike, images: np.ndarray, instances: np.ndarray,
+              classes: np.ndarray | None = None) -> tuple[Path, Path]:
+    """Write ``images.npy`` and ``labels.npy`` (uint16 N×H×W×2, or N×H×W without classes) atomically."""
+    folder = Path(folder)
+    images, instances = np.asarray(images), np.asarray(instances)
+    if instances.ndim != 3 or images.shape[:3] != instances.shape:
+        raise ValueError(f"images {images.shape} and instance maps {instances.shape} must be N×H×W[×C] and "
+                         f"N×H×W with the same N, H, W.")
+    if instances.size and (instances.min() < 0 or instances.max() >= 2 ** 16):
+        raise ValueError("instance ids must be 0..65535 for labels.npy (uint16); relabel per image.")
+    labels = instances.astype(np.uint16)
+    if classes is not None:
+        classes = np.asarray(classes)
+        if classes.shape != instances.shape:
+            raise ValueError(f"class maps {classes.shape} must have the instance maps' shape {instances.shape}.")
+        labels = np.stack([labels, classes.astype(np.uint16)], axis=-1)
+    paths = folder / "images.npy", folder / "labels.npy"
+    for path, array in zip(paths, (images, labels)):
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:  # a file handle stops np.save from appending ".npy" to the temp name
+                np.save(fh, array, allow_pickle=False)
+    return paths
