@@ -83,3 +83,103 @@ def test_viewer_opens_files_and_sample_through_the_plugin(make_napari_viewer, sh
     out = tmp_path / "saved.tif"
     viewer.layers[-1].save(str(out), plugin="napari-cellzoo")
     assert np.array_equal(read_labels(out), viewer.layers[-1].data)
+
+
+# ----------------------------------------------------------------------------- annotation formats
+def _consep_patch(shared_data):
+    from cellzoo.data.io import read_class_map, read_image
+
+    split = shared_data / "consep" / "test"
+    name = sorted((split / "images").glob("*.jpg"))[0].stem
+    return (read_image(split / "images" / f"{name}.jpg"), read_labels(split / "inst" / f"{name}.png"),
+            read_class_map(split / "class" / f"{name}.png"))
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal up to renumbering: every (a, b) id pair is one-to-one."""
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    return a.shape == b.shape and len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+
+
+def _cellzoo_meta(labels, classes, names):
+    import pandas as pd
+
+    ids = np.unique(labels)[1:]
+    cls = [int(np.bincount(classes[labels == i]).argmax()) for i in ids]
+    return {"name": "pred", "metadata": {"cellzoo": {"class_names": names}},
+            "features": pd.DataFrame({"label": ids, "class": cls})}
+
+
+CONSEP_NAMES = ["background", "other", "inflammatory", "epithelial", "spindle-shaped"]
+
+
+def test_coco_writer_and_reader_round_trip_instances_and_classes(tmp_path, shared_data):
+    from cellzoo._napari._writer import write_labels_coco
+
+    _, labels, classes = _consep_patch(shared_data)
+    [written] = write_labels_coco(str(tmp_path / "pred"), labels, _cellzoo_meta(labels, classes, CONSEP_NAMES))
+    assert written.endswith("pred.json")
+    layers = get_reader(written)(written)
+    (read, meta, _), (read_classes, _, _) = layers
+    assert _same_partition(read, labels)  # RLE is exact
+    assert np.array_equal(read_classes, classes)
+    assert meta["metadata"]["cellzoo"]["class_names"][1:] == CONSEP_NAMES[1:]
+
+
+def test_geojson_writer_and_reader_keep_every_nucleus(tmp_path, shared_data):
+    from cellzoo._napari._writer import write_labels_geojson
+
+    image, labels, classes = _consep_patch(shared_data)
+    [written] = write_labels_geojson(str(tmp_path / "pred.geojson"), labels,
+                                     _cellzoo_meta(labels, classes, CONSEP_NAMES))
+    # a sibling image gives the reader the map size (polygons alone only reach the last vertex)
+    tifffile.imwrite(tmp_path / "pred.tif", image)
+    layers = get_reader(written)(written)
+    read, read_classes = layers[0][0], layers[1][0]
+    read_names = np.array(layers[0][1]["metadata"]["cellzoo"]["class_names"])
+    assert read.shape == labels.shape
+    assert len(np.unique(read)) == len(np.unique(labels))
+    assert ((read > 0) == (labels > 0)).mean() > 0.98  # polygon outlines, pixel-accurate up to borders
+    # GeoJSON stores class names, not ids: compare names pixel by pixel
+    inside = (labels > 0) & (read > 0)
+    assert (read_names[read_classes[inside]] == np.array(CONSEP_NAMES)[classes[inside]]).all()
+
+
+def test_reader_reads_monuseg_style_xml_sized_by_its_image(tmp_path, shared_data):
+    from cellzoo.data import write_xml_annotations
+
+    image_path = sorted((shared_data / "monuseg2018" / "images" / "test").glob("*.png"))[0]
+    labels = read_labels(shared_data / "monuseg2018" / "labels" / "test" / image_path.name)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "images" / image_path.name).symlink_to(image_path)
+    xml = tmp_path / "annotations" / f"{image_path.stem}.xml"
+    write_xml_annotations(xml, labels)
+    [(read, meta, kind)] = get_reader(str(xml))(str(xml))
+    assert kind == "labels" and read.shape == labels.shape == (1000, 1000)
+    assert abs(len(np.unique(read)) - len(np.unique(labels))) <= 3  # touching pieces may merge/split
+    assert ((read > 0) == (labels > 0)).mean() > 0.97
+
+
+def test_reader_reads_conic_npy_stacks(tmp_path, shared_data):
+    image, labels, classes = _consep_patch(shared_data)
+    np.save(tmp_path / "images.npy", np.stack([image, image[::-1]]))
+    np.save(tmp_path / "labels.npy", np.stack([np.stack([labels, classes], -1),
+                                               np.stack([labels[::-1], classes[::-1]], -1)]).astype(np.uint16))
+    [(images, image_meta, image_kind)] = get_reader(str(tmp_path / "images.npy"))(str(tmp_path / "images.npy"))
+    assert image_kind == "image" and images.shape == (2, 256, 256, 3) and image_meta["rgb"]
+    (inst, _, _), (cls, _, _) = get_reader(str(tmp_path / "labels.npy"))(str(tmp_path / "labels.npy"))
+    assert np.array_equal(inst[1], labels[::-1]) and np.array_equal(cls[0], classes)
+
+
+def test_reader_reads_class_folder_layout(tmp_path, shared_data):
+    from cellzoo.data import write_class_folder
+
+    image, labels, classes = _consep_patch(shared_data)
+    write_class_folder(tmp_path / "sample", image, labels, classes)
+    reader = get_reader(str(tmp_path / "sample"))
+    assert reader is not None and get_reader(str(tmp_path)) is None  # only sample folders
+    (img, _, img_kind), (inst, _, _), (cls, _, _) = reader(str(tmp_path / "sample"))
+    assert img_kind == "image" and np.array_equal(img, image)
+    assert _same_partition(inst, labels)
+    assert ((cls == classes) | (labels == 0)).all()

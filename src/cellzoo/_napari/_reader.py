@@ -3,7 +3,7 @@
 Raster files (tif/png/jpg/bmp) become an Image layer, or a Labels layer when they hold an integer
 2-D map in a label-ish place (``labels/``, ``masks/``, ``inst/`` folders or ``*_labels``/``*_mask``
 names; ``class/`` folders give class maps). Annotation files (MoNuSeg/MoNuSAC XML, CoNIC ``.npy``,
-COCO ``.json``, GeoJSON) and dataset folders are parsed by :mod:`cellzoo.data`; this module only maps
+COCO ``.json``, GeoJSON) and class folders (``image.png`` + ``class1.png`` …) are parsed by :mod:`cellzoo.data`; this module only maps
 the results to napari layer tuples.
 """
 from __future__ import annotations
@@ -64,13 +64,22 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
 def _reader_for(path: Path) -> Callable[[Path], list[LayerData]] | None:
     suffix = path.suffix.lower()
     if path.is_dir():
-        # dataset / class-folder layouts: cellzoo.data decides; napari falls back to its own reader
-        return read_annotation
+        return read_annotation if _is_class_folder(path) else None
     if suffix in IMAGE_SUFFIXES:
         return read_raster
     if suffix in ANNOTATION_SUFFIXES:
         return read_annotation
     return None
+
+
+def _is_class_folder(path: Path) -> bool:
+    from cellzoo.data.class_folders import class_folder_files
+
+    try:
+        class_folder_files(path)
+    except (ValueError, FileNotFoundError):
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------- rasters
@@ -89,29 +98,92 @@ def read_raster(path: Path) -> list[LayerData]:
 
 
 # ----------------------------------------------------------------------------- annotations
-def _annotation_layers(path: Path, annotations: Any) -> list[LayerData]:
-    """Instance and class maps from whatever :func:`cellzoo.data.auto_read_annotation` returned."""
-    layers: list[LayerData] = []
-    items = annotations if isinstance(annotations, (list, tuple)) else [annotations]
-    several = len(items) > 1
-    for index, item in enumerate(items):
-        name = getattr(item, "name", None) or (f"{path.stem} {index}" if several else path.stem)
-        labels = getattr(item, "labels", None)
-        classes = getattr(item, "classes", None)
-        class_names = getattr(item, "class_names", None)
-        meta = {"source_path": str(path)}
-        if class_names:
-            meta["class_names"] = list(class_names)
-        if labels is None:
-            raise ValueError(f"{path.name}: no instance map could be built from this annotation.")
-        layers.append((labels_as_int32(labels, source=path.name), {"name": name, "metadata": meta}, "labels"))
-        if classes is not None and np.any(classes):
-            layers.append((np.asarray(classes, dtype=np.uint8),
-                           {"name": f"{name} classes", "metadata": meta}, "labels"))
+def _meta(path: Path, class_names: list[str] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"source_path": str(path)}
+    if class_names:
+        meta["cellzoo"] = {"class_names": list(class_names)}
+    return meta
+
+
+def _label_layers(path: Path, name: str, labels: np.ndarray, classes: np.ndarray | None,
+                  class_names: list[str] | None) -> list[LayerData]:
+    layers: list[LayerData] = [(labels, {"name": name, "metadata": _meta(path, class_names)}, "labels")]
+    if classes is not None and np.any(classes):
+        layers.append((np.asarray(classes, dtype=np.uint8),
+                       {"name": f"{name} classes", "metadata": _meta(path, class_names), "visible": False},
+                       "labels"))
     return layers
 
 
-def read_annotation(path: Path) -> list[LayerData]:
-    from cellzoo import data
+def sibling_image_shape(path: Path) -> tuple[int, int] | None:
+    """(H, W) of the image an annotation file belongs to: same stem, next to it or in ``../images``.
 
-    return _annotation_layers(path, data.auto_read_annotation(path))
+    Polygon formats (XML, GeoJSON, COCO) do not always record the image size; without it the label
+    map would only reach the last vertex and not line up with the image.
+    """
+    folders = [path.parent, path.parent.parent / "images", path.parent.parent / "Tissue Images"]
+    for folder in folders:
+        for suffix in IMAGE_SUFFIXES:
+            candidate = folder / f"{path.stem}{suffix}"
+            if candidate.is_file() and candidate != path:
+                return tuple(read_image(candidate).shape[:2])
+    return None
+
+
+def read_annotation(path: Path) -> list[LayerData]:
+    """Annotation files and class folders through :mod:`cellzoo.data`."""
+    from cellzoo.data.formats import auto_read_annotation, json_kind
+
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        from cellzoo.data.class_folders import read_class_folder
+
+        image, labels, classes = read_class_folder(path)
+        rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
+        return [(image, {"name": path.name, "rgb": rgb, "metadata": _meta(path)}, "image"),
+                *_label_layers(path, f"{path.name} labels", labels, classes, None)]
+    if suffix == ".npy":
+        return _read_npy(path)
+    if suffix == ".json":
+        import json
+
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path.name} is not valid JSON ({exc}).") from exc
+        if json_kind(data) == "coco" and len(data["images"]) > 1:
+            return _read_coco_images(path, data)
+    labels, classes, class_names = auto_read_annotation(path, sibling_image_shape(path))
+    return _label_layers(path, path.stem, labels, classes, class_names)
+
+
+def _read_coco_images(path: Path, data: dict) -> list[LayerData]:
+    """One Labels layer (and class layer) per image of a multi-image COCO file."""
+    from cellzoo.data.coco import coco_to_labels
+
+    layers: list[LayerData] = []
+    for entry in data["images"]:
+        labels, classes, class_names = coco_to_labels(data, entry["id"])
+        name = Path(str(entry.get("file_name") or entry["id"])).stem
+        layers.extend(_label_layers(path, name, labels, classes, class_names))
+    return layers
+
+
+def _read_npy(path: Path) -> list[LayerData]:
+    """CoNIC-style arrays: ``images.npy`` N×H×W×3 → image stack, ``labels.npy`` N×H×W×2 → instances +
+    classes stacks; single H×W(×2) maps go through :func:`cellzoo.data.formats.auto_read_annotation`."""
+    from cellzoo.data.formats import auto_read_annotation
+
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    if array.ndim == 4 and array.shape[-1] in (3, 4):
+        return [(np.asarray(array), {"name": path.stem, "rgb": True, "metadata": _meta(path)}, "image")]
+    if array.ndim == 4 and array.shape[-1] == 2:
+        instances = labels_as_int32(np.asarray(array[..., 0]), source=path.name)
+        classes = np.asarray(array[..., 1], dtype=np.uint8)
+        return _label_layers(path, path.stem, instances, classes, None)
+    if array.ndim == 3 and array.shape[-1] != 2:
+        if array.dtype.kind in "iu" and "label" in path.stem.lower():
+            return _label_layers(path, path.stem, labels_as_int32(np.asarray(array), path.name), None, None)
+        return [(np.asarray(array), {"name": path.stem, "metadata": _meta(path)}, "image")]
+    labels, classes, class_names = auto_read_annotation(path)
+    return _label_layers(path, path.stem, labels, classes, class_names)

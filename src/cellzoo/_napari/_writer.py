@@ -26,12 +26,29 @@ def _with_suffix(path: str, suffixes: tuple[str, ...]) -> Path:
     return p if p.suffix.lower() in suffixes else p.with_name(p.name + suffixes[0])
 
 
-def _class_map_for(meta: dict[str, Any]) -> tuple[np.ndarray | None, list[str] | None]:
-    """Class map and names a cellzoo layer carries in its metadata (set by the Segment widget)."""
-    metadata = meta.get("metadata") or {}
-    classes = metadata.get("class_map")
-    names = metadata.get("class_names")
-    return (None if classes is None else np.asarray(classes, dtype=np.uint8)), (list(names) if names else None)
+def _classes_of(meta: dict[str, Any]) -> tuple[dict[int, int] | None, list[str] | None]:
+    """{instance id: class id} and class names carried by a cellzoo Labels layer.
+
+    The Segment/Correct widgets keep one ``features`` row per instance (``label``, ``class``) and the
+    class names in ``metadata["cellzoo"]``; a plain Labels layer has neither (every object is class 1).
+    """
+    info = (meta.get("metadata") or {}).get("cellzoo") or {}
+    names = list(info["class_names"]) if info.get("class_names") else None
+    features = meta.get("features")
+    class_of = None
+    if features is not None and len(features) and {"label", "class"} <= set(features.columns):
+        class_of = {int(lab): int(cls) for lab, cls in zip(features["label"], features["class"])}
+    return class_of, names
+
+
+def _class_map(labels: np.ndarray, class_of: dict[int, int] | None) -> np.ndarray | None:
+    if class_of is None:
+        return None
+    lut = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.uint8)
+    for lab, cls in class_of.items():
+        if 0 < lab < lut.size:
+            lut[lab] = cls
+    return lut[labels]
 
 
 def write_labels_tif(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
@@ -44,23 +61,23 @@ def write_labels_tif(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
 
 def write_labels_geojson(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     """One polygon Feature per instance (QuPath-compatible), with class names when the layer has them."""
-    from cellzoo.data import write_geojson
+    from cellzoo.data.geojson import write_geojson
 
     labels = _instance_map(data, meta.get("name", "labels"))
-    classes, names = _class_map_for(meta)
+    class_of, names = _classes_of(meta)
     out = _with_suffix(path, (".geojson", ".json"))
-    write_geojson(out, labels, classes=classes, class_names=names)
+    write_geojson(out, labels, classes=_class_map(labels, class_of), class_names=names)
     return [str(out)]
 
 
 def write_labels_coco(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
-    """COCO instance annotations (RLE masks, boxes, areas) for one image."""
-    from cellzoo.data import write_coco
+    """COCO instance annotations (exact RLE masks, boxes, areas) for one image."""
+    from cellzoo.data.coco import to_coco, write_coco
 
     name = meta.get("name", "labels")
     labels = _instance_map(data, name)
-    classes, names = _class_map_for(meta)
+    class_of, names = _classes_of(meta)
+    source = ((meta.get("metadata") or {}).get("cellzoo") or {}).get("image_layer") or name
     out = _with_suffix(path, (".json",))
-    write_coco(out, {name: labels}, classes={name: classes} if classes is not None else None,
-               class_names=names)
+    write_coco(out, to_coco([(source, labels, class_of)], class_names=names))
     return [str(out)]
