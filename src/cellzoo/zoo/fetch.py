@@ -1,0 +1,353 @@
+"""Getting weight files: embedded (no network) or downloaded through pooch into the cache.
+
+* cache: ``$CELLZOO_CACHE`` or ``pooch.os_cache("cellzoo")``; base URL override ``$CELLZOO_MIRROR``.
+* pooch streams into a temporary file in the cache folder and moves it under the final
+  name only after the hash matched, so failed or corrupt downloads leave nothing behind.
+* Registry entries whose sha256 is unknown (the authors published none) have it
+  recorded at first download in ``<cache>/recorded_sha256.json`` and verified on
+  every later use.
+* Google Drive links go through :class:`GoogleDriveDownloader`, which gets past the
+  "can't scan this file for viruses" confirmation page.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit, urlunsplit
+
+from .._atomic import atomic_write_text
+from .locations import EMBEDDED_DIR, cache_dir, mirror_url
+from .registry import ModelInfo
+
+RECORDED_HASHES = "recorded_sha256.json"
+DEFAULT_TIMEOUT = 30
+
+
+class FetchError(RuntimeError):
+    """A weight file could not be obtained; the message says what to do instead."""
+
+
+# ----------------------------------------------------------------------------- progress
+class CallbackProgress:
+    """tqdm-like object that pooch's downloaders drive; forwards ``(done_bytes, total_bytes)``.
+
+    Used by napari to show download progress in its own progress bar.
+    """
+
+    def __init__(self, callback: Callable[[int, int], Any]) -> None:
+        self.callback = callback
+        self.total = 0
+        self.done = 0
+
+    def update(self, n: int) -> None:
+        self.done += int(n)
+        # pooch counts whole chunks, so the last one may overshoot
+        done = min(self.done, self.total) if self.total else self.done
+        self.callback(done, self.total)
+
+    def reset(self) -> None:
+        self.done = 0
+
+    def close(self) -> None:
+        pass
+
+
+def _progressbar(progress: bool | Callable[[int, int], Any] | None):
+    if callable(progress):
+        return CallbackProgress(progress)
+    return bool(progress)
+
+
+# ----------------------------------------------------------------------------- Google Drive
+_DRIVE_FILE_ID = re.compile(r"/file/d/([A-Za-z0-9_-]+)")
+
+
+def is_drive_url(url: str) -> bool:
+    host = urlsplit(url).netloc.lower()
+    return host.endswith("drive.google.com") or host.endswith("drive.usercontent.google.com")
+
+
+def drive_direct_url(url: str) -> str:
+    """``.../file/d/<id>/view?usp=sharing`` -> ``.../uc?export=download&id=<id>`` (same host)."""
+    parts = urlsplit(url)
+    match = _DRIVE_FILE_ID.search(parts.path)
+    if not match:
+        return url
+    query = urlencode({"export": "download", "id": match.group(1)})
+    return urlunsplit((parts.scheme, parts.netloc, "/uc", query, ""))
+
+
+class _DownloadFormParser(HTMLParser):
+    """Collects the first <form>'s action and its hidden inputs (Drive's confirmation page)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.action: str | None = None
+        self.inputs: dict[str, str] = {}
+        self._in_form = False
+        self._done = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "form" and not self._done:
+            self._in_form = True
+            self.action = attrs.get("action") or ""
+        elif tag == "input" and self._in_form and attrs.get("name"):
+            if (attrs.get("type") or "").lower() in ("hidden", "submit", ""):
+                if (attrs.get("type") or "").lower() != "submit":
+                    self.inputs[attrs["name"]] = attrs.get("value") or ""
+
+    def handle_endtag(self, tag):
+        if tag == "form" and self._in_form:
+            self._in_form = False
+            self._done = True
+
+
+class DriveError(Exception):
+    """Google Drive answered with a page instead of the file."""
+
+
+class GoogleDriveDownloader:
+    """A pooch downloader for Google Drive share links.
+
+    Large files are not served directly: Drive answers with an HTML page ("Google Drive
+    can't scan this file for viruses") holding a form whose hidden inputs (``id``,
+    ``export``, ``confirm``, ``uuid``) must be sent back, or (older variant) sets a
+    ``download_warning*`` cookie whose value is the ``confirm`` token.  This class follows
+    either.  Hand-written because pooch has no Drive support and gdown would be an extra
+    dependency for ~40 lines.
+    """
+
+    def __init__(self, progressbar: bool | CallbackProgress = False, timeout: float = DEFAULT_TIMEOUT,
+                 chunk_size: int = 1 << 20) -> None:
+        self.progressbar = progressbar
+        self.timeout = timeout
+        self.chunk_size = chunk_size
+
+    def __call__(self, url: str, output_file, pooch=None, check_only: bool = False):
+        import requests
+
+        with requests.Session() as session:
+            response = session.get(drive_direct_url(url), stream=True, timeout=self.timeout)
+            response.raise_for_status()
+            if _is_html(response):
+                next_url, params = self._confirmation(response, session)
+                response.close()
+                response = session.get(next_url, params=params, stream=True, timeout=self.timeout)
+                response.raise_for_status()
+                if _is_html(response):
+                    raise requests.exceptions.RequestException(
+                        f"Google Drive sent a web page instead of the file for {url} even after "
+                        "confirming; the file may not be shared publicly or its download quota is "
+                        "exceeded - open the link in a browser and download it by hand")
+            if check_only:
+                response.close()
+                return True
+            self._stream(response, output_file)
+        return None
+
+    @staticmethod
+    def _confirmation(response, session) -> tuple[str, dict[str, str]]:
+        import requests
+
+        parser = _DownloadFormParser()
+        parser.feed(response.text)
+        if parser.action is not None and ("confirm" in parser.inputs or "uuid" in parser.inputs):
+            return urljoin(response.url, parser.action), parser.inputs
+        for name, value in session.cookies.items():
+            if name.startswith("download_warning"):
+                parts = urlsplit(response.url)
+                params = {k: v[0] for k, v in parse_qs(parts.query).items()}
+                params["confirm"] = value
+                return urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), params
+        raise requests.exceptions.RequestException(
+            f"Google Drive sent a web page without a download form for {response.url}; the file "
+            "may have been removed, not be shared publicly, or its download quota is exceeded")
+
+    def _stream(self, response, output_file) -> None:
+        total = int(response.headers.get("content-length", 0))
+        progress = None
+        if self.progressbar is True:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=total, unit="B", unit_scale=True, ncols=79, leave=True)
+        elif self.progressbar:
+            progress = self.progressbar
+            progress.total = total
+        is_path = not hasattr(output_file, "write")
+        fh = open(output_file, "w+b") if is_path else output_file
+        try:
+            for chunk in response.iter_content(chunk_size=self.chunk_size):
+                if chunk:
+                    fh.write(chunk)
+                    if progress is not None:
+                        progress.update(len(chunk))
+        finally:
+            if is_path:
+                fh.close()
+            if progress is not None:
+                progress.close()
+
+
+def _is_html(response) -> bool:
+    return "text/html" in response.headers.get("content-type", "").lower()
+
+
+# ----------------------------------------------------------------------------- hashes
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _recorded_path(folder: Path) -> Path:
+    return folder / RECORDED_HASHES
+
+
+def recorded_hashes(folder: Path | None = None) -> dict[str, dict[str, Any]]:
+    path = _recorded_path(folder or cache_dir())
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        raise FetchError(f"{path} (hashes recorded at first download) is damaged; delete it and the "
+                         "downloaded files next to it, then fetch again") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _record_hash(folder: Path, filename: str, sha256: str, source: str) -> None:
+    data = recorded_hashes(folder)
+    stat = (folder / filename).stat()
+    data[filename] = {"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "source": source}
+    atomic_write_text(_recorded_path(folder), json.dumps(data, indent=1, sort_keys=True))
+
+
+def _verify_cached(info: ModelInfo, path: Path) -> bool:
+    """True if ``path`` matches the registry hash or the one recorded at first download.
+
+    Files put into the cache by hand (no hash known or recorded) are accepted and their
+    hash is recorded from then on.
+    """
+    folder = path.parent
+    if info.sha256:
+        return file_sha256(path) == info.sha256
+    record = recorded_hashes(folder).get(path.name)
+    stat = path.stat()
+    if record is None:
+        _record_hash(folder, path.name, file_sha256(path), "placed in the cache by hand")
+        return True
+    if record.get("size") == stat.st_size and record.get("mtime_ns") == stat.st_mtime_ns:
+        return True  # unchanged since it was hashed
+    if file_sha256(path) != record.get("sha256"):
+        return False
+    _record_hash(folder, path.name, record["sha256"], record.get("source", ""))
+    return True
+
+
+# ----------------------------------------------------------------------------- fetching
+def embedded_path(info: ModelInfo) -> Path:
+    return EMBEDDED_DIR / info.filename
+
+
+def cached_path(info: ModelInfo) -> Path:
+    return cache_dir() / info.filename
+
+
+def download_urls(info: ModelInfo) -> list[str]:
+    mirror = mirror_url()
+    if mirror:
+        return [f"{mirror}/{info.filename}"]
+    return list(info.urls)
+
+
+def _where_to_get(info: ModelInfo) -> str:
+    places = [u for u in info.urls] or []
+    text = f"download it from {' or '.join(places)}" if places else "it has no public download link"
+    if info.source:
+        text += f" (source: {info.source})"
+    if info.notes:
+        text += f". Note: {info.notes}"
+    return text
+
+
+def fetch_info(info: ModelInfo, progress: bool | Callable[[int, int], Any] = True) -> Path:
+    """Return a local path to ``info``'s weight file, downloading it if needed."""
+    if info.status == "user" and info.path is not None:
+        return Path(info.path)
+    if info.embedded:
+        path = embedded_path(info)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"the embedded weights of {info.name!r} are missing: {path} does not exist. This "
+                "install was built before the weights were trained; reinstall napari-cellzoo from a "
+                "release, or train them with scripts/train_defaults.py.")
+        return path
+
+    import pooch
+    import requests
+
+    folder = cache_dir()
+    target = folder / info.filename
+    if target.is_file():
+        if _verify_cached(info, target):
+            return target
+        if not download_urls(info):
+            raise FetchError(
+                f"{target} does not match the hash {'in the registry' if info.sha256 else 'recorded at first download'}"
+                f" for {info.name!r}; delete it and put the right file there ({_where_to_get(info)})")
+        target.unlink()  # corrupt or replaced: download afresh below
+
+    urls = download_urls(info)
+    if not urls:
+        raise FetchError(
+            f"model {info.name!r} needs the file {info.filename!r}, which cannot be downloaded "
+            f"automatically: {_where_to_get(info)}. Put the file in {folder} under that name "
+            f"(or import it with `cellzoo zoo import FILE --family {info.family} --name NAME`).")
+    known_hash = f"sha256:{info.sha256}" if info.sha256 else None
+    failures: list[str] = []
+    for url in urls:
+        bar = _progressbar(progress)
+        if is_drive_url(url):
+            downloader = GoogleDriveDownloader(progressbar=bar, timeout=DEFAULT_TIMEOUT)
+        else:
+            downloader = pooch.HTTPDownloader(progressbar=bar, timeout=DEFAULT_TIMEOUT)
+        try:
+            result = pooch.retrieve(url, known_hash=known_hash, fname=info.filename, path=folder,
+                                    downloader=downloader, progressbar=bar)
+        except ValueError as exc:  # pooch: hash mismatch (the temporary file is already removed)
+            failures.append(f"{url}: the downloaded file's hash does not match the registry "
+                            f"(expected sha256 {info.sha256}); it was discarded ({exc})")
+            continue
+        except requests.exceptions.RequestException as exc:
+            failures.append(f"{url}: {_describe_request_error(exc)}")
+            continue
+        path = Path(result)
+        if not info.sha256:
+            _record_hash(folder, path.name, file_sha256(path), url)
+        return path
+    raise FetchError(
+        f"could not download {info.filename!r} for model {info.name!r}:\n  " + "\n  ".join(failures)
+        + f"\nIf this computer is offline, {_where_to_get(info)}, and put the file in {folder} "
+        "under that name; or set CELLZOO_MIRROR to a server that has it.")
+
+
+def _describe_request_error(exc: Exception) -> str:
+    import requests
+
+    if isinstance(exc, requests.exceptions.HTTPError) and exc.response is not None:
+        return f"the server answered HTTP {exc.response.status_code} {exc.response.reason}"
+    if isinstance(exc, requests.exceptions.ConnectionError) and not isinstance(
+            exc, requests.exceptions.ChunkedEncodingError):
+        return "the server could not be reached (offline, or the server is down)"
+    if isinstance(exc, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)):
+        return "the transfer broke off before the whole file arrived"
+    if isinstance(exc, requests.exceptions.Timeout):
+        return "the server did not answer in time"
+    return str(exc) or type(exc).__name__
