@@ -1,0 +1,166 @@
+"""Helpers shared by the dense-map families (RepSNet, FullNet): losses, BN folding, dihedral TTA,
+and small numpy label-map utilities used by post-processing."""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# ----------------------------------------------------------------------------- losses
+
+
+def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """1 − soft Dice per channel, averaged over channels (RepSNet's form, eps 1e-3).
+
+    ``probs``: B×C×H×W probabilities; ``target``: B×H×W class ids in [0, C).
+    Sums run over the whole batch, as in the original.
+    """
+    onehot = F.one_hot(target.long(), num_classes=probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    dims = (0, 2, 3)
+    intersection = (probs * onehot).sum(dims)
+    total = probs.sum(dims) + onehot.sum(dims)
+    return (1.0 - (2.0 * intersection + eps) / (total + eps)).mean()
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
+               weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Multi-class focal loss (1 − p_t)^γ · CE, mean over pixels (p_t from the weighted CE, as the original)."""
+    ce = F.cross_entropy(logits, target.long(), weight=weight, reduction="none")
+    pt = torch.exp(-ce)
+    return ((1.0 - pt) ** gamma * ce).mean()
+
+
+# ----------------------------------------------------------------------------- re-parameterisation
+
+
+def fold_bn(kernel: torch.Tensor, bn: nn.BatchNorm2d, out_dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold an eval-mode BatchNorm into the preceding (bias-free) conv kernel.
+
+    ``out_dim`` is the kernel's output-channel axis: 0 for Conv2d, 1 for ConvTranspose2d.
+    Returns ``(kernel · γ/σ, β − μ·γ/σ)``.
+    """
+    std = torch.sqrt(bn.running_var + bn.eps)
+    scale = bn.weight / std
+    shape = [1, 1, 1, 1]
+    shape[out_dim] = -1
+    return kernel * scale.reshape(shape), bn.bias - bn.running_mean * scale
+
+
+# ----------------------------------------------------------------------------- test-time augmentation
+
+#: Displacement (dy, dx) that each channel of a direction map measures; RepSNet's distance map
+#: is ordered left, right, up, down.
+LRUD = ((0, -1), (0, 1), (-1, 0), (1, 0))
+
+
+def _rotate_vector(v: tuple[int, int], k: int) -> tuple[int, int]:
+    # torch.rot90(k=1, dims=(-2, -1)) sends pixel (y, x) to (W-1-x, y): a displacement (dy, dx)
+    # becomes (-dx, dy)
+    dy, dx = v
+    for _ in range(k % 4):
+        dy, dx = -dx, dy
+    return dy, dx
+
+
+def direction_permutation(directions: Sequence[tuple[int, int]], k: int, flip: bool) -> list[int]:
+    """For a prediction made on ``rot90(flip(x), k)`` and spatially mapped back, entry ``c`` of the
+    result is the channel (of the mapped-back map) that measures original direction ``c``."""
+    directions = [tuple(d) for d in directions]
+    perm = [0] * len(directions)
+    for c_t, d_t in enumerate(directions):
+        dy, dx = _rotate_vector(d_t, -k)
+        if flip:
+            dx = -dx
+        perm[directions.index((dy, dx))] = c_t
+    return perm
+
+
+def dihedral_transforms() -> list[tuple[int, bool]]:
+    """The 8 elements of the dihedral group as (rotations k, horizontal flip first)."""
+    return [(k, flip) for flip in (False, True) for k in range(4)]
+
+
+def dihedral_tta(fn: Callable[[torch.Tensor], Mapping[str, torch.Tensor] | torch.Tensor], x: torch.Tensor,
+                 direction_maps: Mapping[str, Sequence[tuple[int, int]]] | None = None,
+                 transforms: Sequence[tuple[int, bool]] | None = None):
+    """Average ``fn`` over the 8 flips/rotations of ``x`` (B×C×H×W), each output mapped back.
+
+    ``fn`` returns a B×C×H×W tensor or a dict of them (e.g. activated maps). Maps named in
+    ``direction_maps`` hold one channel per direction (e.g. RepSNet's distances, :data:`LRUD`);
+    their channels are permuted back so that each still measures its original direction.
+    Non-square inputs work too (rotated tiles are H↔W swapped; fully convolutional nets accept them).
+    """
+    direction_maps = dict(direction_maps or {})
+    transforms = list(transforms or dihedral_transforms())
+    total: dict[str, torch.Tensor] | None = None
+    single = False
+    for k, flip in transforms:
+        xt = torch.flip(x, dims=(-1,)) if flip else x
+        xt = torch.rot90(xt, k, dims=(-2, -1))
+        out = fn(xt)
+        if isinstance(out, torch.Tensor):
+            single = True
+            out = {"": out}
+        back = {}
+        for name, y in out.items():
+            y = torch.rot90(y, -k, dims=(-2, -1))
+            if flip:
+                y = torch.flip(y, dims=(-1,))
+            if name in direction_maps:
+                y = y[:, direction_permutation(direction_maps[name], k, flip)]
+            back[name] = y
+        if total is None:
+            total = {n: v.clone() for n, v in back.items()}
+        else:
+            for n, v in back.items():
+                total[n] += v
+    assert total is not None
+    result = {n: v / len(transforms) for n, v in total.items()}
+    return result[""] if single else result
+
+
+# ----------------------------------------------------------------------------- label-map utilities
+
+
+def relabel_consecutive(labels: np.ndarray) -> np.ndarray:
+    """Relabel ids to 1..N (raster order of first appearance is not preserved; sorted id order is)."""
+    from skimage.segmentation import relabel_sequential
+
+    out, _, _ = relabel_sequential(labels.astype(np.int32, copy=False))
+    return out.astype(np.int32, copy=False)
+
+
+def check_label_map(labels: np.ndarray, classes: np.ndarray | None = None) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"expected a 2-D instance label map (H×W), got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"instance label map must hold integers, got dtype {labels.dtype}")
+    if labels.size and labels.min() < 0:
+        raise ValueError("instance label map has negative ids; use 0 for background and 1..N for objects")
+    if classes is not None and np.shape(classes) != labels.shape:
+        raise ValueError(f"class map shape {np.shape(classes)} does not match label map shape {labels.shape}")
+    return labels.astype(np.int64, copy=False)
+
+
+def mean_per_label(values: np.ndarray, labels: np.ndarray, n_labels: int) -> np.ndarray:
+    """Mean of ``values`` inside each label 0..n_labels (vectorised with bincount)."""
+    flat = labels.ravel()
+    sums = np.bincount(flat, weights=values.ravel().astype(np.float64), minlength=n_labels + 1)
+    counts = np.bincount(flat, minlength=n_labels + 1)
+    return sums / np.maximum(counts, 1)
+
+
+def class_names_for(num_classes: int, names: Sequence[str] | None) -> list[str]:
+    if names:
+        names = list(names)
+        if len(names) != num_classes:
+            raise ValueError(f"class_names has {len(names)} entries but num_classes is {num_classes} "
+                             "(both count the background as class 0)")
+        return names
+    if num_classes <= 2:
+        return ["background", "nucleus"]
+    return ["background"] + [f"class {k}" for k in range(1, num_classes)]

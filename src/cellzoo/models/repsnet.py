@@ -1,0 +1,543 @@
+"""RepSNet (Xiong et al., arXiv 2505.05073; code luckyrz0/RepSNet): a re-parameterisable RepVGG U-Net
+with two decoders. Decoder 1 predicts nucleus / type maps, decoder 2 the square root of each nucleus
+pixel's distance to its own boundary going left, right, up and down; boundaries come from a vote.
+
+Parameter names equal the authors' checkpoint keys (train form ``conv3_bn/conv1_bn/bn``, deploy form
+``conv_reparam``/``dconv_reparam``), so their ``RepSNet_S.pth``/``RepSNet_L.pth`` load after stripping
+wrappers. Differences from the original, on purpose:
+
+* The boundary-vote loss of the original is computed on boolean tensors and has no gradient; it is
+  **dropped** here (the other loss terms are exactly the ones that trained the published model).
+* Post-processing labels only predicted-foreground, non-boundary pixels, so no component has to be
+  assumed to be the background: the original subtracted 1 from all labels and so deleted the nucleus
+  that touches the top-left corner.
+* ``max_size`` is a parameter (the original's 1000 px drops large nuclei at 40x).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from torch import nn
+
+from ..types import Instances
+from ._dense_common import (LRUD, check_label_map, class_names_for, focal_loss, fold_bn,
+                            mean_per_label, relabel_consecutive, soft_dice_loss)
+from .base import CellModel
+
+__all__ = ["RepSNetConfig", "RepSNet", "RepVggUnit", "RepUpsample", "distance_targets", "boundary_votes"]
+
+DEFAULT_FILTERS = {"S": (64, 128, 256, 512), "L": (96, 192, 384, 768, 1536)}
+
+#: Loss weights of RepSNet_S's ``get_loss`` (L uses type_focal 3); the vote loss is dropped (see above).
+DEFAULT_LOSS_WEIGHTS = {"nucleus_ce": 1.0, "nucleus_dice": 1.0, "type_ce": 1.0, "type_dice": 1.0,
+                        "type_focal": 2.0, "distance": 1.0}
+
+
+@dataclass
+class RepSNetConfig:
+    """``variant`` "S" (4 stages, output stride 8) or "L" (5 stages, stride 16); ``filters`` one width per
+    stage (empty = the authors' defaults); ``num_classes`` counts the background, and a type head exists
+    only when it is > 2 (as in RepSNet_S). ``boundary_threshold`` T: 3 CoNIC/PanNuke, 4 CoNSeP,
+    5 Kumar/CPM17/DSB (authors' values)."""
+
+    variant: str = "S"
+    filters: tuple[int, ...] = ()
+    num_classes: int = 2
+    in_channels: int = 3
+    deploy: bool = False
+    class_names: tuple[str, ...] | None = None
+    boundary_threshold: float = 4.0
+    min_size: int = 8
+    max_size: int = 5000
+    reattach_distance: float = 3.0
+    recover_overlap: float = 0.1
+    min_foreground_fraction: float = 0.5
+    foreground_threshold: float = 0.5
+    type_class_weights: tuple[float, ...] | None = None
+    focal_gamma: float = 2.0
+    loss_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LOSS_WEIGHTS))
+
+    def __post_init__(self) -> None:
+        self.variant = str(self.variant).upper()
+        if self.variant not in DEFAULT_FILTERS:
+            raise ValueError(f"RepSNet variant must be 'S' or 'L', got {self.variant!r}")
+        self.filters = tuple(int(f) for f in (self.filters or DEFAULT_FILTERS[self.variant]))
+        want = len(DEFAULT_FILTERS[self.variant])
+        if len(self.filters) != want or min(self.filters) < 1:
+            raise ValueError(f"RepSNet_{self.variant} needs {want} positive stage widths in 'filters', "
+                             f"got {self.filters}")
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes counts the background and must be >= 2, got {self.num_classes}")
+        if self.class_names is not None:
+            self.class_names = tuple(self.class_names)
+            class_names_for(self.num_classes, self.class_names)  # validates the length
+        if self.type_class_weights is not None:
+            self.type_class_weights = tuple(float(w) for w in self.type_class_weights)
+            if len(self.type_class_weights) != self.num_classes:
+                raise ValueError(f"type_class_weights needs {self.num_classes} values (one per class incl. "
+                                 f"background), got {len(self.type_class_weights)}")
+        self.loss_weights = {**DEFAULT_LOSS_WEIGHTS, **dict(self.loss_weights)}
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+class _ConvBN(nn.Sequential):
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, padding: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel, stride, padding, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+
+
+class _DConvBN(nn.Sequential):
+    def __init__(self, channels: int, kernel: int, padding: int) -> None:
+        super().__init__()
+        self.dconv = nn.ConvTranspose2d(channels, channels, kernel, 2, padding, output_padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+
+
+class RepVggUnit(nn.Module):
+    """relu(conv3x3+BN + conv1x1+BN [+ BN identity when in==out and stride 1]); fuses into one 3×3 conv."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, deploy: bool = False) -> None:
+        super().__init__()
+        self.cin, self.cout, self.stride = cin, cout, stride
+        if deploy:
+            self.conv_reparam = nn.Conv2d(cin, cout, 3, stride, 1, bias=True)
+        else:
+            self.conv3_bn = _ConvBN(cin, cout, 3, stride, 1)
+            self.conv1_bn = _ConvBN(cin, cout, 1, stride, 0)
+            self.bn = nn.BatchNorm2d(cin) if cin == cout and stride == 1 else None
+
+    @property
+    def deployed(self) -> bool:
+        return hasattr(self, "conv_reparam")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.deployed:
+            return F.relu(self.conv_reparam(x))
+        out = self.conv3_bn(x) + self.conv1_bn(x)
+        if self.bn is not None:
+            out = out + self.bn(x)
+        return F.relu(out)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        if self.deployed:
+            return
+        kernel, bias = fold_bn(self.conv3_bn.conv.weight, self.conv3_bn.bn)
+        k1, b1 = fold_bn(self.conv1_bn.conv.weight, self.conv1_bn.bn)
+        kernel = kernel + F.pad(k1, [1, 1, 1, 1])
+        bias = bias + b1
+        if self.bn is not None:
+            identity = torch.zeros_like(kernel)
+            identity[torch.arange(self.cin), torch.arange(self.cin), 1, 1] = 1.0
+            ki, bi = fold_bn(identity, self.bn)
+            kernel, bias = kernel + ki, bias + bi
+        fused = nn.Conv2d(self.cin, self.cout, 3, self.stride, 1, bias=True).to(kernel)
+        fused.weight.copy_(kernel)
+        fused.bias.copy_(bias)
+        del self.conv3_bn, self.conv1_bn, self.bn
+        self.conv_reparam = fused
+
+
+class RepUpsample(nn.Module):
+    """relu(tconv3x3+BN + tconv1x1+BN + bilinear×2), all stride 2; the two transposed convs fuse into one."""
+
+    def __init__(self, channels: int, deploy: bool = False) -> None:
+        super().__init__()
+        self.channels = channels
+        if deploy:
+            self.dconv_reparam = nn.ConvTranspose2d(channels, channels, 3, 2, 1, output_padding=1, bias=True)
+        else:
+            self.dconv3_bn = _DConvBN(channels, 3, 1)
+            self.dconv1_bn = _DConvBN(channels, 1, 0)
+
+    @property
+    def deployed(self) -> bool:
+        return hasattr(self, "dconv_reparam")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+        if self.deployed:
+            return F.relu(self.dconv_reparam(x) + up)
+        return F.relu(self.dconv3_bn(x) + self.dconv1_bn(x) + up)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        if self.deployed:
+            return
+        # transposed-conv kernels are [in, out, k, k]: BN scales dim 1; the 1×1 tap lands on the
+        # 3×3 kernel's centre (padding 1 vs 0 keeps both outputs aligned)
+        kernel, bias = fold_bn(self.dconv3_bn.dconv.weight, self.dconv3_bn.bn, out_dim=1)
+        k1, b1 = fold_bn(self.dconv1_bn.dconv.weight, self.dconv1_bn.bn, out_dim=1)
+        fused = nn.ConvTranspose2d(self.channels, self.channels, 3, 2, 1, output_padding=1, bias=True).to(kernel)
+        fused.weight.copy_(kernel + F.pad(k1, [1, 1, 1, 1]))
+        fused.bias.copy_(bias + b1)
+        del self.dconv3_bn, self.dconv1_bn
+        self.dconv_reparam = fused
+
+
+def _stage(units: list[tuple[int, int, int]], deploy: bool) -> nn.Sequential:
+    return nn.Sequential(*[RepVggUnit(cin, cout, stride, deploy) for cin, cout, stride in units])
+
+
+class _Encoder(nn.Module):
+    def __init__(self, cin: int, filters: tuple[int, ...], variant: str, deploy: bool) -> None:
+        super().__init__()
+        # stage names/order as in the authors' code: S has downsample_1..4, L adds a full-res
+        # downsample_0 and a 6-unit stage 3
+        first = 0 if variant == "L" else 1
+        self.names: list[str] = []
+        prev = cin
+        for i, width in enumerate(filters):
+            name = f"downsample_{first + i}"
+            if i == 0:
+                units = [(prev, width, 1), (width, width, 1)]
+            else:
+                extra = 4 if (variant == "L" and i == 3) else 1
+                units = [(prev, width, 1), (width, width, 2)] + [(width, width, 1)] * extra
+            self.add_module(name, _stage(units, deploy))
+            self.names.append(name)
+            prev = width
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        for name in self.names:
+            x = getattr(self, name)(x)
+            feats.append(x)
+        return feats
+
+
+class _Decoder(nn.Module):
+    def __init__(self, filters: tuple[int, ...], deploy: bool) -> None:
+        super().__init__()
+        self.steps = len(filters) - 1
+        for j in range(1, self.steps + 1):
+            deep, skip = filters[-j], filters[-j - 1]
+            self.add_module(f"upsample_{j}", RepUpsample(deep, deploy))
+            self.add_module(f"up_repvgg_{j}", RepVggUnit(deep + skip, skip, 1, deploy))
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        x = feats[-1]
+        for j in range(1, self.steps + 1):
+            x = getattr(self, f"upsample_{j}")(x)
+            x = torch.cat([x, feats[-j - 1]], dim=1)
+            x = getattr(self, f"up_repvgg_{j}")(x)
+        return x
+
+
+# ----------------------------------------------------------------------------- targets / votes (numpy)
+
+
+def _run_ranks(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For keys that are grouped (equal keys contiguous), return each element's 1-based rank within its
+    group and its group's size."""
+    n = keys.size
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    sizes = np.diff(np.r_[starts, n])
+    group = np.repeat(np.arange(starts.size), sizes)
+    rank = np.arange(n) - starts[group] + 1
+    return rank, sizes[group]
+
+
+def distance_targets(labels: np.ndarray) -> np.ndarray:
+    """4×H×W float32 distances (not yet square-rooted), channels left, right, up, down.
+
+    As the authors' loader: for each instance and each row it occupies, its pixels in that row are
+    numbered 1..n from the left (n..1 from the right), counting only that instance's pixels (gaps of a
+    concave shape are skipped), so the edge pixel itself has distance 1. Same per column for up/down.
+    Vectorised: a stable sort groups pixels by (row, instance) in column order; ranks within groups
+    give the counts.
+    """
+    labels = check_label_map(labels)
+    h, w = labels.shape
+    out = np.zeros((4, h, w), np.float32)
+    n_ids = int(labels.max()) + 1
+    ys, xs = np.nonzero(labels)  # raster order: by row, then column
+    ids = labels[ys, xs]
+    order = np.argsort(ys * n_ids + ids, kind="stable")
+    rank, size = _run_ranks((ys * n_ids + ids)[order])
+    out[0, ys[order], xs[order]] = rank
+    out[1, ys[order], xs[order]] = size - rank + 1
+    order = np.lexsort((ys, ids, xs))  # by column, then id, then row
+    rank, size = _run_ranks((xs * n_ids + ids)[order])
+    out[2, ys[order], xs[order]] = rank
+    out[3, ys[order], xs[order]] = size - rank + 1
+    return out
+
+
+def boundary_votes(sqrt_distances: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """Vote map (int32 H×W): 1 on the inner contour of ``foreground`` plus, for every foreground pixel,
+    one vote at each of the 4 boundary positions its predicted distances point to.
+
+    Hand-written because no library does this scatter: np.bincount over flat indices accumulates the
+    votes (duplicates counted), like the original's ``torch.unique(..., return_counts)``.
+    """
+    h, w = foreground.shape
+    votes = (foreground & ~ndimage.binary_erosion(foreground, np.ones((3, 3), bool), border_value=1))
+    ys, xs = np.nonzero(foreground)
+    if ys.size == 0:
+        return votes.astype(np.int32)
+    d = np.floor(sqrt_distances[:, ys, xs].astype(np.float32) ** 2 + 0.5).astype(np.int64)
+    left = np.clip(xs - d[0] + 1, 0, w - 1)
+    right = np.clip(xs + d[1] - 1, 0, w - 1)
+    up = np.clip(ys - d[2] + 1, 0, h - 1)
+    down = np.clip(ys + d[3] - 1, 0, h - 1)
+    flat = np.concatenate([ys * w + left, ys * w + right, up * w + xs, down * w + xs])
+    counts = np.bincount(flat, minlength=h * w).reshape(h, w)
+    return counts.astype(np.int32) + votes
+
+
+_CROSS = ndimage.generate_binary_structure(2, 1)
+
+
+def _filter_sizes(labels: np.ndarray, n: int, min_size: int, max_size: int) -> tuple[np.ndarray, int]:
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = (sizes > min_size) & (sizes <= max_size)
+    keep[0] = False
+    lut = np.zeros(n + 1, np.int64)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1)
+    return lut[labels], int(keep.sum())
+
+
+def repsnet_postprocess(nucleus_prob: np.ndarray, sqrt_distances: np.ndarray, type_prob: np.ndarray | None,
+                        *, boundary_threshold: float = 4.0, min_size: int = 8, max_size: int = 5000,
+                        reattach_distance: float = 3.0, recover_overlap: float = 0.1,
+                        min_foreground_fraction: float = 0.5, foreground_threshold: float = 0.5,
+                        ) -> tuple[np.ndarray, np.ndarray | None, dict[int, float]]:
+    """Instances from RepSNet maps; returns (labels int32, per-instance class array or None, scores)."""
+    foreground = nucleus_prob > foreground_threshold
+    boundary = boundary_votes(sqrt_distances, foreground) >= boundary_threshold
+    # 4-connected components of foreground pixels that are not boundary; restricting to the
+    # foreground keeps the background out, so no component needs to be discarded as "background"
+    labels, n = ndimage.label(foreground & ~boundary, structure=_CROSS)
+    labels, n = _filter_sizes(labels, n, min_size, max_size)
+    if n:
+        # re-attach boundary pixels to the nearest instance pixel within reattach_distance
+        dist, (iy, ix) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
+        attach = boundary & (labels == 0) & (dist <= reattach_distance)
+        labels[attach] = labels[iy[attach], ix[attach]]
+    # recover nuclei the boundaries missed: foreground components mostly not covered by instances
+    comps, m = ndimage.label(foreground, structure=_CROSS)
+    if m:
+        sizes = np.bincount(comps.ravel(), minlength=m + 1)
+        covered = np.bincount(comps[labels > 0], minlength=m + 1)
+        new = (sizes > min_size) & (sizes <= max_size) & (covered < recover_overlap * sizes)
+        new[0] = False
+        if new.any():
+            lut = np.zeros(m + 1, np.int64)
+            lut[new] = n + np.arange(1, int(new.sum()) + 1)
+            fill = (labels == 0) & (lut[comps] > 0)
+            labels[fill] = lut[comps[fill]]
+            n += int(new.sum())
+    # drop stray pixels that have no 4-neighbour of their own instance
+    padded = np.pad(labels, 1)
+    same = ((padded[:-2, 1:-1] == labels) | (padded[2:, 1:-1] == labels)
+            | (padded[1:-1, :-2] == labels) | (padded[1:-1, 2:] == labels))
+    labels[~same] = 0
+    # fill holes inside instances with the surrounding id
+    holes = ndimage.binary_fill_holes(labels > 0) & (labels == 0)
+    if holes.any():
+        hole_ids, nh = ndimage.label(holes)
+        around = ndimage.grey_dilation(labels, footprint=np.ones((3, 3), bool))
+        fill_with = np.asarray(ndimage.maximum(around, hole_ids, np.arange(1, nh + 1)), np.int64)
+        labels[holes] = np.r_[0, fill_with][hole_ids[holes]]
+    labels = relabel_consecutive(labels)
+    n = int(labels.max())
+    fg_fraction = mean_per_label(foreground, labels, n)
+    keep = fg_fraction > min_foreground_fraction
+    keep[0] = False
+    classes = None
+    if type_prob is not None:
+        ncls = type_prob.shape[0]
+        type_map = type_prob.argmax(0)
+        votes = np.bincount((labels.astype(np.int64) * ncls + type_map).ravel(),
+                            minlength=(n + 1) * ncls).reshape(n + 1, ncls)
+        votes[:, 0] = 0
+        keep &= votes.sum(1) > 0
+        classes = votes.argmax(1)
+    lut = np.zeros(n + 1, np.int64)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1)
+    scores_all = mean_per_label(nucleus_prob, labels, n)
+    labels = lut[labels].astype(np.int32)
+    scores = {int(lut[i]): float(scores_all[i]) for i in np.flatnonzero(keep)}
+    if classes is not None:
+        classes = np.r_[0, classes[keep]].astype(np.uint8)
+    return labels, classes, scores
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class RepSNet(CellModel):
+    family: ClassVar[str] = "repsnet"
+    kind: ClassVar[str] = "dense"
+    Config: ClassVar[type] = RepSNetConfig
+    #: channels of the "distance" map measure these (dy, dx) directions (for dihedral TTA)
+    direction_maps: ClassVar[dict[str, tuple]] = {"distance": LRUD}
+
+    def __init__(self, config: RepSNetConfig | None = None) -> None:
+        config = config or RepSNetConfig()
+        super().__init__(config)
+        c = config
+        self.encoder = _Encoder(c.in_channels, c.filters, c.variant, c.deploy)
+        self.decoder1 = _Decoder(c.filters, c.deploy)
+        self.decoder2 = _Decoder(c.filters, c.deploy)
+        width = c.filters[0]
+        # head registration order follows the authors' classes (S: nucleus, distance, type;
+        # L: nucleus, type, distance) so state_dict order matches their checkpoints too
+        self.nucleus_map = nn.Sequential(nn.Conv2d(width, 2, 1))
+        if c.variant == "L" and self.has_type_head:
+            self.type_map = nn.Sequential(nn.Conv2d(width, c.num_classes, 1))
+        self.boundary_distance_map = nn.Sequential(nn.Conv2d(width, 4, 1), nn.ReLU())
+        if c.variant == "S" and self.has_type_head:
+            self.type_map = nn.Sequential(nn.Conv2d(width, c.num_classes, 1))
+        if c.type_class_weights is not None:
+            self.register_buffer("type_class_weights", torch.tensor(c.type_class_weights, dtype=torch.float32),
+                                 persistent=False)
+        else:
+            self.type_class_weights = None
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def has_type_head(self) -> bool:
+        return self.config.num_classes > 2
+
+    @property
+    def halo(self) -> int:
+        return 32 if self.config.variant == "S" else 64
+
+    @property
+    def size_divisor(self) -> int:
+        return 2 ** (len(self.config.filters) - 1)
+
+    @property
+    def min_tile(self) -> int:
+        return max(64, 4 * self.size_divisor)
+
+    @property
+    def class_names(self) -> list[str]:
+        return class_names_for(self.config.num_classes, self.config.class_names)
+
+    @property
+    def dense_maps(self) -> dict[str, str]:  # type: ignore[override]
+        maps = {"nucleus": "softmax", "distance": "identity"}
+        if self.has_type_head:
+            maps["type"] = "softmax"
+        return maps
+
+    # ------------------------------------------------------------------ inference
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        image = np.asarray(image, dtype=np.float32)
+        if image.ndim == 2:
+            image = image[..., None]
+        if image.ndim != 3 or image.shape[2] != self.config.in_channels:
+            raise ValueError(f"RepSNet expects an H×W×{self.config.in_channels} image, got shape {image.shape}")
+        # values stay on 0–255: the network divides by 255 itself, as the authors' model does
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+    def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        h, w = batch.shape[-2:]
+        if h % self.size_divisor or w % self.size_divisor:
+            raise ValueError(f"RepSNet_{self.config.variant} needs height and width divisible by "
+                             f"{self.size_divisor}, got {h}×{w}; pad or tile the image")
+        feats = self.encoder(batch / 255.0)
+        x1 = self.decoder1(feats)
+        x2 = self.decoder2(feats)
+        out = {"nucleus": self.nucleus_map(x1), "distance": self.boundary_distance_map(x2)}
+        if self.has_type_head:
+            out["type"] = self.type_map(x1)
+        return out
+
+    def reparameterize(self) -> "RepSNet":
+        """Fold every RepVGG unit into one biased 3×3 conv and every RepUpsample pair into one transposed
+        conv, in place; afterwards the state_dict has the authors' deploy layout and
+        ``config.deploy`` is True so saved metadata rebuilds this form."""
+        for module in self.modules():
+            if isinstance(module, (RepVggUnit, RepUpsample)):
+                module.reparameterize()
+        self.config.deploy = True
+        return self
+
+    def default_postprocess_params(self) -> dict[str, Any]:
+        c = self.config
+        return {"boundary_threshold": c.boundary_threshold, "min_size": c.min_size, "max_size": c.max_size,
+                "reattach_distance": c.reattach_distance, "recover_overlap": c.recover_overlap,
+                "min_foreground_fraction": c.min_foreground_fraction,
+                "foreground_threshold": c.foreground_threshold}
+
+    def postprocess(self, maps: dict[str, np.ndarray], **params: Any) -> Instances:
+        unknown = set(params) - set(self.default_postprocess_params())
+        if unknown:
+            raise ValueError(f"unknown RepSNet post-processing parameter(s) {sorted(unknown)}; "
+                             f"valid: {sorted(self.default_postprocess_params())}")
+        for name in ("nucleus", "distance"):
+            if name not in maps:
+                raise ValueError(f"RepSNet post-processing needs the {name!r} map; got {sorted(maps)}")
+        p = {**self.default_postprocess_params(), **params}
+        nucleus = np.asarray(maps["nucleus"], np.float32)
+        distance = np.asarray(maps["distance"], np.float32)
+        if nucleus.ndim != 3 or nucleus.shape[0] != 2 or distance.shape != (4,) + nucleus.shape[1:]:
+            raise ValueError(f"expected nucleus 2×H×W and distance 4×H×W maps, got {nucleus.shape} "
+                             f"and {distance.shape}")
+        type_prob = maps.get("type") if self.has_type_head else None
+        labels, classes_of, scores = repsnet_postprocess(nucleus[1], distance, type_prob, **p)
+        names = self.class_names
+        if classes_of is not None:
+            class_of = {i: int(classes_of[i]) for i in range(1, classes_of.size)}
+            class_map = classes_of[labels]
+        else:
+            class_of = {i: 1 for i in range(1, int(labels.max()) + 1)}
+            class_map = None
+        return Instances(labels=labels, classes=class_map, class_of=class_of, scores=scores,
+                         class_names=names, meta={"family": self.family})
+
+    # ------------------------------------------------------------------ training
+    def targets(self, labels: np.ndarray, classes: np.ndarray | None) -> dict[str, np.ndarray]:
+        labels = check_label_map(labels, classes)
+        out = {"nucleus": (labels > 0).astype(np.uint8),
+               "distance": np.sqrt(distance_targets(labels))}
+        if self.has_type_head:
+            if classes is None:
+                raise ValueError(f"this RepSNet has a type head ({self.config.num_classes} classes) and needs "
+                                 "class maps for training; give classes or use num_classes=2")
+            type_map = np.where(labels > 0, np.asarray(classes), 0)
+            if type_map.max(initial=0) >= self.config.num_classes:
+                raise ValueError(f"class map holds class {int(type_map.max())} but the model has "
+                                 f"{self.config.num_classes} classes (incl. background)")
+            out["type"] = type_map.astype(np.uint8)
+        return out
+
+    def loss(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        wts = self.config.loss_weights
+        nucleus_true = targets["nucleus"].long()
+        nucleus = outputs["nucleus"].float()
+        terms = {"nucleus_ce": F.cross_entropy(nucleus, nucleus_true),
+                 "nucleus_dice": soft_dice_loss(nucleus.softmax(1), nucleus_true)}
+        if self.has_type_head:
+            type_true = targets["type"].long()
+            logits = outputs["type"].float()
+            weight = self.type_class_weights
+            terms["type_ce"] = F.cross_entropy(logits, type_true, weight=weight)
+            terms["type_dice"] = soft_dice_loss(logits.softmax(1), type_true)
+            terms["type_focal"] = focal_loss(logits, type_true, self.config.focal_gamma, weight)
+        # SmoothL1 on nucleus pixels (sqrt scale) + mean prediction on background pixels (pushes it to 0)
+        pred = outputs["distance"].float().permute(0, 2, 3, 1)
+        true = targets["distance"].float().permute(0, 2, 3, 1)
+        inside = nucleus_true > 0
+        dist = pred.new_zeros(())
+        if inside.any():
+            dist = dist + F.smooth_l1_loss(pred[inside], true[inside])
+        if (~inside).any():
+            dist = dist + pred[~inside].mean()
+        terms["distance"] = dist
+        terms["total"] = sum(wts[k] * v for k, v in terms.items())
+        return terms

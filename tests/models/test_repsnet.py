@@ -1,0 +1,240 @@
+"""RepSNet: checkpoint layout, re-parameterisation, targets, post-processing, losses."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from skimage import io
+from torch import nn
+
+from cellzoo.models import build_model
+from cellzoo.models.repsnet import RepSNet, RepSNetConfig, boundary_votes, distance_targets
+
+TINY = (8, 16, 32, 64)
+
+
+def _manifest(shared_data: Path, name: str) -> dict[str, list[int]]:
+    path = shared_data.parent / "checkpoint_manifests" / f"{name}.json"
+    return json.loads(path.read_text())["tensors"]
+
+
+def _shapes(model: nn.Module) -> dict[str, list[int]]:
+    return {k: list(v.shape) for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("variant", ["S", "L"])
+def test_state_dict_matches_authors_checkpoints(shared_data, variant):
+    # meta device: shapes only, so the 206 M-parameter L builds instantly
+    with torch.device("meta"):
+        model = build_model("repsnet", {"variant": variant, "num_classes": 7})
+    train = _manifest(shared_data, f"repsnet_{variant.lower()}_train")
+    assert list(_shapes(model).items()) == list(train.items())
+    model.reparameterize()
+    assert model.config.deploy is True
+    deploy = _manifest(shared_data, f"repsnet_{variant.lower()}_deploy")
+    assert list(_shapes(model).items()) == list(deploy.items())
+    with torch.device("meta"):
+        direct = build_model("repsnet", {"variant": variant, "num_classes": 7, "deploy": True})
+    assert _shapes(direct) == deploy
+
+
+def _randomise_bn(model: nn.Module, generator: torch.Generator) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=generator) * 2 - 1)
+            m.running_var.copy_(torch.rand(n, generator=generator) * 1.5 + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=generator) - 0.5)
+
+
+@pytest.mark.parametrize("variant, filters, num_classes", [("S", TINY, 5), ("L", (8, 16, 24, 32, 48), 7)])
+def test_reparameterized_outputs_equal_unfused(variant, filters, num_classes):
+    g = torch.Generator().manual_seed(3)
+    model = build_model("repsnet", {"variant": variant, "filters": filters, "num_classes": num_classes})
+    torch.manual_seed(3)
+    for p in model.parameters():
+        p.data.normal_(0, 0.3, generator=g) if p.dim() > 1 else None
+    _randomise_bn(model, g)
+    model.eval()
+    x = torch.rand(2, 3, 64, 48, generator=g) * 255
+    with torch.no_grad():
+        before = model(x)
+    model.reparameterize()
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    with torch.no_grad():
+        after = model(x)
+    assert set(before) == set(after) == {"nucleus", "distance", "type"}
+    for name in before:
+        rel = (before[name] - after[name]).norm() / before[name].norm()
+        assert rel < 1e-4, (name, float(rel))
+        assert before[name].abs().max() > 0.01  # a dead network would pass trivially
+
+
+def test_distance_targets_hand_made_case():
+    labels = np.array([[0, 1, 1, 1, 0],
+                       [2, 2, 1, 1, 1],
+                       [2, 0, 0, 1, 0]], dtype=np.int32)
+    d = distance_targets(labels)
+    left = [[0, 1, 2, 3, 0], [1, 2, 1, 2, 3], [1, 0, 0, 1, 0]]
+    right = [[0, 3, 2, 1, 0], [2, 1, 3, 2, 1], [1, 0, 0, 1, 0]]
+    up = [[0, 1, 1, 1, 0], [1, 1, 2, 2, 1], [2, 0, 0, 3, 0]]
+    down = [[0, 1, 2, 3, 0], [2, 1, 1, 2, 1], [1, 0, 0, 1, 0]]
+    np.testing.assert_array_equal(d, np.array([left, right, up, down], np.float32))
+
+
+def _reference_distances(labels):
+    # direct transcription of the authors' per-instance, per-row/column loop
+    out = np.zeros((4,) + labels.shape)
+    for i in np.unique(labels)[1:]:
+        mask = labels == i
+        for r in np.flatnonzero(mask.any(1)):
+            cols = np.flatnonzero(mask[r])
+            out[0, r, cols] = np.arange(1, cols.size + 1)
+            out[1, r, cols] = np.arange(cols.size, 0, -1)
+        for c in np.flatnonzero(mask.any(0)):
+            rows = np.flatnonzero(mask[:, c])
+            out[2, rows, c] = np.arange(1, rows.size + 1)
+            out[3, rows, c] = np.arange(rows.size, 0, -1)
+    return out
+
+
+def test_distance_targets_match_reference_on_real_labels(shared_data):
+    labels = io.imread(shared_data / "consep/train/inst/train_1_004.png").astype(np.int32)[:96, :128]
+    assert len(np.unique(labels)) > 5
+    np.testing.assert_array_equal(distance_targets(labels), _reference_distances(labels))
+
+
+def test_targets_and_errors():
+    model = RepSNet(RepSNetConfig(filters=TINY, num_classes=3))
+    labels = np.zeros((8, 8), np.int32)
+    labels[2:5, 2:6] = 7
+    classes = np.zeros((8, 8), np.uint8)
+    classes[2:5, 2:6] = 2
+    t = model.targets(labels, classes)
+    assert t["nucleus"].sum() == 12 and t["type"].max() == 2
+    np.testing.assert_allclose(t["distance"][0, 3, 2:6], np.sqrt([1, 2, 3, 4]))
+    with pytest.raises(ValueError, match="class maps"):
+        model.targets(labels, None)
+    with pytest.raises(ValueError, match="class 5"):
+        model.targets(labels, classes * 0 + 5)
+    with pytest.raises(ValueError, match="2-D"):
+        model.targets(labels[None], None)
+    with pytest.raises(ValueError, match="variant"):
+        RepSNetConfig(variant="M")
+    with pytest.raises(ValueError, match="4 positive"):
+        RepSNetConfig(filters=(8, 16))
+    with pytest.raises(ValueError, match="divisible by 8"):
+        model(torch.zeros(1, 3, 60, 64))
+
+
+def _perfect_maps(labels, classes=None, num_classes=2):
+    fg = labels > 0
+    maps = {"nucleus": np.stack([~fg, fg]).astype(np.float32),
+            "distance": np.sqrt(distance_targets(labels))}
+    if classes is not None:
+        maps["type"] = np.eye(num_classes, dtype=np.float32)[np.where(fg, classes, 0)].transpose(2, 0, 1)
+    return maps
+
+
+def _matched_fraction(gt, pred, iou=0.5):
+    ids = np.unique(gt)[1:]
+    hits = 0
+    for i in ids:
+        mask = gt == i
+        overlap = np.bincount(pred[mask])
+        overlap[0] = 0
+        if overlap.max() == 0:
+            continue
+        j = overlap.argmax()
+        hits += overlap[j] / (mask.sum() + (pred == j).sum() - overlap[j]) > iou
+    return hits / ids.size
+
+
+def test_postprocess_keeps_the_nucleus_in_the_top_left_corner():
+    labels = np.zeros((48, 48), np.int32)
+    labels[0:7, 0:9] = 1           # touches (0, 0): the original dropped this one
+    labels[0:6, 9:16] = 2          # touches nucleus 1
+    labels[20:30, 20:28] = 3
+    labels[35:44, 5:15] = 4
+    labels[40:48, 38:48] = 5       # touches the bottom-right corner
+    model = RepSNet(RepSNetConfig(filters=TINY, boundary_threshold=3))
+    inst = model.postprocess(_perfect_maps(labels))
+    assert inst.count == 5
+    assert inst.labels[0, 0] != 0
+    assert _matched_fraction(labels, inst.labels, iou=0.8) == 1.0
+    assert inst.classes is None and set(inst.class_of.values()) == {1}
+    assert all(0.99 <= s <= 1.0 for s in inst.scores.values())
+    assert inst.labels.dtype == np.int32
+
+
+def test_postprocess_recovers_real_consep_instances_and_types(shared_data):
+    root = shared_data / "consep/train"
+    labels = io.imread(root / "inst/train_1_004.png").astype(np.int32)
+    classes = io.imread(root / "class/train_1_004.png").astype(np.uint8)
+    model = RepSNet(RepSNetConfig(filters=TINY, num_classes=5, boundary_threshold=4))
+    inst = model.postprocess(_perfect_maps(labels, classes, 5))
+    assert _matched_fraction(labels, inst.labels) >= 0.95
+    assert abs(inst.count - (len(np.unique(labels)) - 1)) <= 0.05 * inst.count
+    # majority type per predicted instance equals the GT type of the pixels it covers
+    agree = (inst.classes == classes)[inst.labels > 0].mean()
+    assert agree > 0.95
+    assert inst.class_names == ["background", "class 1", "class 2", "class 3", "class 4"]
+
+
+def test_boundary_votes_hand_case():
+    fg = np.zeros((5, 7), bool)
+    fg[1:4, 1:6] = True
+    d = np.zeros((4, 5, 7), np.float32)
+    # centre pixel (2, 3) points 3 left, 3 right, 2 up, 2 down: boundary (2,1), (2,5), (1,3), (3,3)
+    d[:, 2, 3] = np.sqrt([3, 3, 2, 2])
+    votes = boundary_votes(d, fg)
+    contour = fg.copy()
+    contour[2, 2:5] = False
+    expect = contour.astype(np.int32)
+    # every other foreground pixel has distance 0 -> votes one pixel outward of itself (clamped)
+    ys, xs = np.nonzero(fg)
+    for y, x in zip(ys, xs):
+        if (y, x) == (2, 3):
+            for vy, vx in [(2, 1), (2, 5), (1, 3), (3, 3)]:
+                expect[vy, vx] += 1
+        else:
+            for vy, vx in [(y, x + 1), (y, x - 1), (y + 1, x), (y - 1, x)]:
+                expect[min(max(vy, 0), 4), min(max(vx, 0), 6)] += 1
+    np.testing.assert_array_equal(votes, expect)
+
+
+def test_postprocess_rejects_bad_maps():
+    model = RepSNet(RepSNetConfig(filters=TINY))
+    with pytest.raises(ValueError, match="distance"):
+        model.postprocess({"nucleus": np.zeros((2, 8, 8), np.float32)})
+    with pytest.raises(ValueError, match="unknown"):
+        model.postprocess(_perfect_maps(np.zeros((8, 8), np.int32)), threshold=3)
+
+
+def test_losses_decrease_on_a_real_consep_crop(shared_data):
+    torch.manual_seed(0)
+    root = shared_data / "consep/train"
+    image = io.imread(root / "images/train_1_004.jpg")[:64, :64].astype(np.float32)
+    labels = io.imread(root / "inst/train_1_004.png").astype(np.int32)[:64, :64]
+    classes = io.imread(root / "class/train_1_004.png").astype(np.uint8)[:64, :64]
+    model = build_model("repsnet", {"filters": TINY, "num_classes": 5,
+                                    "type_class_weights": (0.5, 1, 1, 1, 2)})
+    x = model.preprocess(image)[None]
+    assert float(x.max()) > 1.0  # stays on 0-255; the network scales inside
+    t = {k: torch.from_numpy(np.ascontiguousarray(v))[None] for k, v in model.targets(labels, classes).items()}
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    history = []
+    for _ in range(25):
+        losses = model.loss(model(x), t)
+        opt.zero_grad()
+        losses["total"].backward()
+        opt.step()
+        history.append({k: float(v.detach()) for k, v in losses.items()})
+    assert set(history[0]) == {"nucleus_ce", "nucleus_dice", "type_ce", "type_dice", "type_focal",
+                               "distance", "total"}
+    for key in ("total", "nucleus_ce", "type_ce", "distance"):
+        assert history[-1][key] < 0.8 * history[0][key], key
