@@ -38,11 +38,19 @@ def auto_read_annotation(path: str | os.PathLike, shape: tuple[int, int] | None 
     By extension: ``.tif/.tiff/.png`` instance map; ``.xml`` MoNuSeg/MoNuSAC polygons; ``.geojson``;
     ``.json`` holding GeoJSON, COCO (``image`` picks one image by id, file name or stem when there are
     several) or a COCO results list; ``.npy`` holding H×W or H×W×2 (instances, classes).
+    a folder is read as a class folder (``image.tif`` + ``class1.tif`` …).
     ``shape`` (H, W) sizes the polygon formats and is checked against the raster ones.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"annotation file not found: {path}.")
+    if path.is_dir():
+        from cellzoo.data.class_folders import read_class_folder
+
+        _, labels, classes = read_class_folder(path)
+        if shape is not None and labels.shape != tuple(shape):
+            raise ValueError(f"{path.name} is {labels.shape} but the image is {tuple(shape)}; they must match.")
+        return labels, classes, ["background"] + [f"class_{k}" for k in range(1, int(classes.max(initial=0)) + 1)]
     suffix = path.suffix.lower()
     if suffix not in ANNOTATION_SUFFIXES:
         raise ValueError(f"cannot read annotations from {path.name!r}: unsupported file type {suffix or '(none)'!r}; "

@@ -7,6 +7,7 @@ fit); class maps as uint8. Every write is atomic (temporary file + rename).
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -48,22 +49,33 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image in its native dtype.
 
     TIFF (tifffile): H×W, H×W×C, or pages×H×W[×C] for multi-page files. PNG/JPEG/BMP (imageio):
-    H×W (gray), H×W×3 (RGB) or H×W×4 (RGBA); 16-bit PNG stays uint16.
+    H×W (gray), H×W×3 (RGB) or H×W×4 (RGBA); 16-bit gray PNG stays uint16 (16-bit colour PNGs are
+    reduced to 8 bits by Pillow, with a warning).
     """
     path = _existing_file(path, "image")
     suffix = _check_suffix(path, IMAGE_SUFFIXES, "an image")
     try:
         if suffix in TIFF_SUFFIXES:
             return np.asarray(tifffile.imread(path))
+        if suffix == ".png" and _is_16bit_colour_png(path):
+            warnings.warn(f"{path.name} is a 16-bit colour PNG; Pillow reads it as 8-bit, so precision is "
+                          f"lost. Save it as .tif to keep 16 bits.", stacklevel=2)
         return np.asarray(iio.imread(path))
     except (OSError, ValueError, tifffile.TiffFileError) as exc:
         raise ValueError(f"could not read image {path}: {exc}. Is the file complete and really a "
                          f"{suffix} image?") from exc
 
 
+def _is_16bit_colour_png(path: Path) -> bool:
+    # IHDR sits at a fixed offset: bytes 24/25 are bit depth and colour type (2 RGB, 4 gray+alpha, 6 RGBA).
+    with open(path, "rb") as fh:
+        header = fh.read(26)
+    return len(header) == 26 and header[12:16] == b"IHDR" and header[24] == 16 and header[25] in (2, 4, 6)
+
+
 def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int = 95) -> Path:
-    """Write ``image`` atomically. TIFF keeps any dtype and shape (zlib-compressed); PNG takes uint8 or
-    uint16 gray/RGB/RGBA; JPEG takes uint8 gray/RGB (lossy)."""
+    """Write ``image`` atomically. TIFF keeps any dtype and shape (zlib-compressed); PNG takes uint8
+    gray/RGB/RGBA or uint16 gray; JPEG takes uint8 gray/RGB (lossy)."""
     path = Path(path)
     suffix = _check_suffix(path, IMAGE_SUFFIXES, "an image")
     image = np.asarray(image)
@@ -83,6 +95,8 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
     if image.dtype not in allowed:
         raise ValueError(f"{suffix} cannot store {image.dtype} data; convert to "
                          f"{' or '.join(np.dtype(d).name for d in allowed)} or write a .tif.")
+    if suffix == ".png" and image.dtype == np.uint16 and image.ndim == 3:
+        raise ValueError("Pillow cannot write 16-bit colour PNGs; write 16-bit RGB/RGBA images as .tif.")
     kwargs = {"quality": int(jpeg_quality)} if suffix in (".jpg", ".jpeg") else {}
     with atomic_path(path) as tmp:
         iio.imwrite(tmp, image, extension=suffix, **kwargs)
