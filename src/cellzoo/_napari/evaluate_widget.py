@@ -1,0 +1,382 @@
+"""Evaluate widget: compare predicted instances with ground truth, per image and overall.
+
+Inputs are either two Labels layers (a 3-D layer counts as a stack of 2-D images) with optional
+class layers, or two folders of label maps matched by file name (with optional class-map folders).
+The comparison runs :func:`cellzoo.metrics.evaluate_iter` in a background thread; the result is
+shown as a table (one row per image plus the summary) and a bar chart, and can be saved as CSV.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel,
+                            QLineEdit, QPushButton, QStackedWidget, QTableWidget, QTableWidgetItem,
+                            QVBoxLayout, QWidget)
+
+from cellzoo._napari._plots import BarChart
+from cellzoo._napari._worker import Job, mark_field, start_job
+
+NONE = "(none)"
+SOURCES = ("Layers", "Folders")
+#: summary metrics drawn in the bar chart when present (others stay in the table)
+CHART_METRICS = ("aji", "aji_plus", "dice", "dq", "sq", "pq", "f1_50", "dsb_ap50", "ap", "ap50", "mpq_plus")
+
+
+def _planes(data: np.ndarray) -> list[np.ndarray]:
+    data = np.asarray(data)
+    if data.ndim == 2:
+        return [data]
+    return [data[index] for index in np.ndindex(*data.shape[:-2])]
+
+
+class _PathField(QWidget):
+    """A line edit with a "…" button that opens a folder dialog."""
+
+    def __init__(self, placeholder: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.edit = QLineEdit()
+        self.edit.setPlaceholderText(placeholder)
+        button = QPushButton("…")
+        button.setFixedWidth(28)
+        button.setToolTip("Choose a folder")
+        button.clicked.connect(self._browse)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.edit)
+        layout.addWidget(button)
+
+    def _browse(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Choose a folder", self.edit.text())
+        if folder:
+            self.edit.setText(folder)
+
+    def path(self) -> Path | None:
+        text = self.edit.text().strip()
+        return Path(text).expanduser() if text else None
+
+
+class EvaluateWidget(QWidget):
+    """Ground truth vs prediction: per-image and summary metrics, bar chart, CSV export."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.job: Job | None = None
+        self.result: Any = None
+        self._pairs: list = []
+        self._folder_notes: list[str] = []
+
+        self.source = QComboBox()
+        self.source.addItems(SOURCES)
+        self.source.setToolTip("Compare two Labels layers or two folders of label maps")
+
+        # -- layers page
+        self.gt_layer = QComboBox()
+        self.pred_layer = QComboBox()
+        self.gt_class_layer = QComboBox()
+        self.pred_class_layer = QComboBox()
+        layers_page = QWidget()
+        form = QFormLayout(layers_page)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("Ground truth", self.gt_layer)
+        form.addRow("Prediction", self.pred_layer)
+        form.addRow("GT classes", self.gt_class_layer)
+        form.addRow("Predicted classes", self.pred_class_layer)
+
+        # -- folders page
+        self.gt_folder = _PathField("folder of ground-truth label maps")
+        self.pred_folder = _PathField("folder of predicted label maps (same file names)")
+        self.gt_class_folder = _PathField("optional: GT class maps")
+        self.pred_class_folder = _PathField("optional: predicted class maps")
+        folders_page = QWidget()
+        form = QFormLayout(folders_page)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("Ground truth", self.gt_folder)
+        form.addRow("Prediction", self.pred_folder)
+        form.addRow("GT classes", self.gt_class_folder)
+        form.addRow("Predicted classes", self.pred_class_folder)
+
+        self.pages = QStackedWidget()
+        self.pages.addWidget(layers_page)
+        self.pages.addWidget(folders_page)
+
+        self.class_names = QLineEdit()
+        self.class_names.setPlaceholderText("optional: other, inflammatory, epithelial, spindle")
+        self.class_names.setToolTip("Names of class ids 1, 2, … for per-class PQ (comma-separated)")
+
+        self.run_button = QPushButton("Evaluate")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        self.table = QTableWidget(0, 0)
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.setMinimumHeight(150)
+        self.chart = BarChart()
+        self.export_button = QPushButton("Export CSV…")
+        self.export_button.setEnabled(False)
+
+        inputs = QGroupBox("Inputs")
+        box = QVBoxLayout(inputs)
+        top = QFormLayout()
+        top.addRow("Source", self.source)
+        box.addLayout(top)
+        box.addWidget(self.pages)
+        bottom = QFormLayout()
+        bottom.addRow("Class names", self.class_names)
+        box.addLayout(bottom)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(inputs)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+        layout.addWidget(self.table)
+        layout.addWidget(self.chart)
+        layout.addWidget(self.export_button)
+        layout.addStretch(1)
+
+        self.source.currentIndexChanged.connect(self.pages.setCurrentIndex)
+        self.source.currentIndexChanged.connect(self.validate)
+        for combo in (self.gt_layer, self.pred_layer, self.gt_class_layer, self.pred_class_layer):
+            combo.currentIndexChanged.connect(self.validate)
+        for field in (self.gt_folder, self.pred_folder, self.gt_class_folder, self.pred_class_folder):
+            field.edit.textChanged.connect(self.validate)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.export_button.clicked.connect(self._export_dialog)
+
+        events = self.viewer.layers.events
+        for event in (events.inserted, events.removed, events.moved):
+            event.connect(self.refresh_layers)
+        self.refresh_layers()
+
+    # ------------------------------------------------------------------ layer choices
+    def _labels_layer_names(self) -> list[str]:
+        return [layer.name for layer in self.viewer.layers if type(layer).__name__ == "Labels"]
+
+    def refresh_layers(self, *_: Any) -> None:
+        names = self._labels_layer_names()
+        for layer in self.viewer.layers:
+            if type(layer).__name__ == "Labels":
+                # renaming a layer must refresh the choices
+                layer.events.name.disconnect(self.refresh_layers)
+                layer.events.name.connect(self.refresh_layers)
+        gt_guess = next((n for n in names if "truth" in n.lower() or n.lower().endswith(("gt", "_mask", "masks"))),
+                        names[0] if names else None)
+        pred_guess = next((n for n in reversed(names) if n != gt_guess and "class" not in n.lower()), None)
+        self._fill(self.gt_layer, names, gt_guess)
+        self._fill(self.pred_layer, names, pred_guess)
+        if self.pred_layer.currentText() == self.gt_layer.currentText() and pred_guess:
+            self.pred_layer.blockSignals(True)
+            self.pred_layer.setCurrentText(pred_guess)
+            self.pred_layer.blockSignals(False)
+        self._fill(self.gt_class_layer, [NONE, *names], NONE)
+        self._fill(self.pred_class_layer, [NONE, *names], NONE)
+        self.validate()
+
+    @staticmethod
+    def _fill(combo: QComboBox, names: list[str], default: str | None) -> None:
+        previous = combo.currentText()
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItems(names)
+        keep = previous if previous in names else default
+        if keep in names:
+            combo.setCurrentText(keep)
+        combo.blockSignals(False)
+
+    def _layer(self, combo: QComboBox):
+        name = combo.currentText()
+        return self.viewer.layers[name] if name and name != NONE and name in self.viewer.layers else None
+
+    # ------------------------------------------------------------------ validation
+    def _layer_problems(self) -> dict[QWidget, str | None]:
+        gt, pred = self._layer(self.gt_layer), self._layer(self.pred_layer)
+        problems: dict[QWidget, str | None] = {
+            self.gt_layer: None if gt is not None else "Add or choose a Labels layer with the ground truth.",
+            self.pred_layer: None if pred is not None else "Add or choose a Labels layer with the prediction.",
+            self.gt_class_layer: None, self.pred_class_layer: None}
+        if gt is not None and pred is not None:
+            if gt is pred:
+                problems[self.pred_layer] = "Ground truth and prediction are the same layer; choose another."
+            elif gt.data.shape != pred.data.shape:
+                problems[self.pred_layer] = (f"Prediction shape {pred.data.shape} differs from ground truth "
+                                             f"{gt.data.shape}; both must cover the same pixels.")
+        for combo, what in ((self.gt_class_layer, "GT"), (self.pred_class_layer, "Predicted")):
+            layer = self._layer(combo)
+            if layer is not None and gt is not None and layer.data.shape != gt.data.shape:
+                problems[combo] = (f"{what} class layer shape {layer.data.shape} differs from the ground "
+                                   f"truth {gt.data.shape}.")
+        if (self._layer(self.gt_class_layer) is None) != (self._layer(self.pred_class_layer) is None):
+            missing = self.gt_class_layer if self._layer(self.gt_class_layer) is None else self.pred_class_layer
+            problems[missing] = "Per-class metrics need both class layers (or neither)."
+        return problems
+
+    def _folder_problems(self) -> dict[QWidget, str | None]:
+        from cellzoo.metrics import pair_files
+
+        fields = ((self.gt_folder, True), (self.pred_folder, True),
+                  (self.gt_class_folder, False), (self.pred_class_folder, False))
+        problems: dict[QWidget, str | None] = {}
+        for field, required in fields:
+            path = field.path()
+            if path is None:
+                problems[field.edit] = "Choose a folder of label maps." if required else None
+            elif not path.is_dir():
+                problems[field.edit] = f"{path} is not an existing folder."
+            else:
+                problems[field.edit] = None
+        gt_cls, pred_cls = self.gt_class_folder.path(), self.pred_class_folder.path()
+        if (gt_cls is None) != (pred_cls is None):
+            missing = self.gt_class_folder if gt_cls is None else self.pred_class_folder
+            problems[missing.edit] = "Per-class metrics need both class folders (or neither)."
+        self._folder_notes = []
+        if not any(problems.values()):
+            # the engine's own pairing (by file stem) says what does not match
+            try:
+                self._pairs, self._folder_notes = pair_files(self.gt_folder.path(), self.pred_folder.path(),
+                                                             gt_cls, pred_cls)
+            except (ValueError, FileNotFoundError) as exc:
+                text = str(exc)
+                target = self.gt_folder if text.startswith("ground-truth folder") else self.pred_folder
+                if "class" in text:
+                    target = self.gt_class_folder if "ground-truth class" in text else self.pred_class_folder
+                problems[target.edit] = text
+        return problems
+
+    def validate(self, *_: Any) -> bool:
+        """Mark invalid inputs (red, tooltip says why); enable Evaluate only when all are valid."""
+        layers_mode = self.source.currentText() == "Layers"
+        problems = self._layer_problems() if layers_mode else self._folder_problems()
+        valid = all(mark_field(widget, reason) is True for widget, reason in problems.items())
+        running = self.job is not None and self.job.running
+        self.run_button.setEnabled(valid and not running)
+        first = next((reason for reason in problems.values() if reason), "")
+        self.run_button.setToolTip(first or "Compare the prediction with the ground truth")
+        return valid
+
+    # ------------------------------------------------------------------ inputs for the engine
+    def _class_names(self) -> list[str] | None:
+        text = self.class_names.text().strip()
+        if text:
+            return ["background", *[n.strip() for n in text.split(",") if n.strip()]]
+        for combo in (self.gt_class_layer, self.gt_layer):
+            layer = self._layer(combo)
+            info = (layer.metadata.get("cellzoo") or {}) if layer is not None else {}
+            if info.get("class_names"):
+                return list(info["class_names"])
+        return None
+
+    def _layer_pairs(self) -> list[tuple]:
+        """Copies of the layer data taken on the main thread (layers may change during the run)."""
+        gt, pred = self._layer(self.gt_layer), self._layer(self.pred_layer)
+        gt_cls, pred_cls = self._layer(self.gt_class_layer), self._layer(self.pred_class_layer)
+        gts, preds = _planes(np.array(gt.data)), _planes(np.array(pred.data))
+        gt_classes = _planes(np.array(gt_cls.data)) if gt_cls is not None else [None] * len(gts)
+        pred_classes = _planes(np.array(pred_cls.data)) if pred_cls is not None else [None] * len(gts)
+        several = len(gts) > 1
+        names = [f"{gt.name} [{i}]" if several else gt.name for i in range(len(gts))]
+        return list(zip(names, gts, preds, gt_classes, pred_classes))
+
+    # ------------------------------------------------------------------ running
+    def run(self) -> Job | None:
+        if not self.validate():
+            return None
+        from cellzoo.metrics import evaluate_iter
+
+        class_names = self._class_names()
+        if self.source.currentText() == "Layers":
+            pairs = self._layer_pairs()
+            count = len(pairs)
+        else:  # file paths: evaluate_iter reads one image at a time in the worker thread
+            pairs = list(self._pairs)
+            count = len(pairs)
+        notes = " ".join(self._folder_notes) if self.source.currentText() == "Folders" else ""
+        self.status.setText(f"Evaluating {count} image(s)… {notes}".strip())
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.export_button.setEnabled(False)
+
+        def factory(cancel):
+            return evaluate_iter(pairs, class_names=class_names, cancel=cancel, total=count)
+
+        self.job = start_job(factory, description="Evaluation", on_returned=self.show_result,
+                             on_cancelled=lambda: self.status.setText("Cancelled; nothing was changed."),
+                             on_error=lambda exc: self.status.setText(f"Failed: {exc}"),
+                             on_finished=self._finished)
+        return self.job
+
+    def cancel(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+            self.status.setText("Cancelling…")
+
+    def _finished(self, job: Job) -> None:
+        self.cancel_button.setEnabled(False)
+        self.validate()
+
+    # ------------------------------------------------------------------ results
+    def show_result(self, result: Any) -> None:
+        self.result = result
+        rows = [dict(row) for row in result.per_image]
+        summary = dict(result.summary)
+        columns: list[str] = []
+        for row in [*rows, summary]:
+            columns.extend(key for key in row if key not in columns)
+        if "image" in columns:
+            columns.remove("image")
+        columns.insert(0, "image")
+        table_rows = [*rows, {"image": "summary", **{k: v for k, v in summary.items() if k != "image"}}]
+        self.table.clear()
+        self.table.setColumnCount(len(columns))
+        self.table.setRowCount(len(table_rows))
+        self.table.setHorizontalHeaderLabels(columns)
+        for r, row in enumerate(table_rows):
+            for c, column in enumerate(columns):
+                item = QTableWidgetItem(_format(row.get(column, "")))
+                if column != "image":
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                if r == len(table_rows) - 1:
+                    font = item.font()
+                    font.setBold(True)
+                    item.setFont(font)
+                self.table.setItem(r, c, item)
+        chart = {k: float(v) for k, v in summary.items()
+                 if k.lower() in CHART_METRICS and isinstance(v, (int, float, np.floating, np.integer))}
+        self.chart.show_values(chart, title=f"summary over {len(rows)} image(s)")
+        self.status.setText(f"Evaluated {len(rows)} image(s).")
+        self.export_button.setEnabled(True)
+
+    def export_csv(self, path: str | Path) -> Path:
+        """Save per-image rows and the summary as CSV (atomic, through the engine)."""
+        if self.result is None:
+            raise ValueError("Nothing to export yet; run Evaluate first.")
+        path = Path(path)
+        if path.suffix.lower() != ".csv":
+            path = path.with_name(path.name + ".csv")
+        self.result.to_csv(path)
+        self.status.setText(f"Saved {path}")
+        return path
+
+    def _export_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export metrics", "metrics.csv", "CSV (*.csv)")
+        if path:
+            try:
+                self.export_csv(path)
+            except (OSError, ValueError) as exc:
+                from cellzoo._napari._worker import notify_error
+
+                notify_error(f"Export failed: {exc}")
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, (float, np.floating)):
+        return "" if np.isnan(value) else f"{value:.4f}"
+    return str(value)

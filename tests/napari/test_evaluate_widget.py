@@ -1,0 +1,195 @@
+"""Evaluate widget in a real napari window (Xvfb): layers and folders, threaded run, cancel, CSV, screenshot."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cellzoo._napari.evaluate_widget import EvaluateWidget
+from cellzoo.data.io import read_labels
+
+REPO = Path(__file__).resolve().parents[2]
+SCREENSHOT = REPO / "docs" / "screenshots" / "evaluate.png"
+
+
+def _dsb(shared_data, index=0):
+    mask = sorted((shared_data / "dsb2018" / "test" / "masks").glob("*.tif"))[index]
+    return read_labels(mask), mask
+
+
+def _without_objects(labels, count):
+    """Prediction = ground truth minus its first ``count`` objects: PQ is known in closed form."""
+    ids = np.unique(labels)[1:]
+    pred = labels.copy()
+    pred[np.isin(pred, ids[:count])] = 0
+    return pred, len(ids)
+
+
+@pytest.fixture
+def widget(make_napari_viewer):
+    viewer = make_napari_viewer()
+    w = EvaluateWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Evaluate")
+    return viewer, w
+
+
+def test_threaded_layer_evaluation_matches_hand_computed_pq(widget, qtbot, monkeypatch, tmp_path, shared_data):
+    monkeypatch.setenv("CELLZOO_SYNC_WORKERS", "0")
+    viewer, w = widget
+    gt, _ = _dsb(shared_data)
+    pred, n = _without_objects(gt, 10)
+    viewer.add_labels(gt, name="ground truth")
+    viewer.add_labels(pred, name="prediction")
+    assert w.gt_layer.currentText() == "ground truth" and w.pred_layer.currentText() == "prediction"
+    assert w.run_button.isEnabled()
+
+    job = w.run()
+    assert job.worker is not None  # a real thread
+    qtbot.waitUntil(lambda: not job.running, timeout=60_000)
+    assert job.state == "done", w.status.text()
+    # 10 of n objects missed, every other one exact: TP = n-10, FN = 10, FP = 0, SQ = 1
+    tp = n - 10
+    expected_pq = tp / (tp + 0.5 * 10)
+    row = w.result.per_image[0]
+    assert row["pq"] == pytest.approx(expected_pq) and row["sq"] == pytest.approx(1.0)
+    # table: one image row + the bold summary row; the chart shows the summary
+    assert w.table.rowCount() == 2 and w.table.item(1, 0).text() == "summary"
+    headers = [w.table.horizontalHeaderItem(c).text() for c in range(w.table.columnCount())]
+    assert float(w.table.item(0, headers.index("pq")).text()) == pytest.approx(expected_pq, abs=1e-4)
+    assert w.chart.values["pq"] == pytest.approx(expected_pq)
+    assert w.run_button.isEnabled() and not w.cancel_button.isEnabled()
+
+    out = w.export_csv(tmp_path / "metrics")
+    assert out.name == "metrics.csv"
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and float(rows[0]["pq"]) == pytest.approx(expected_pq)
+
+
+def test_invalid_layers_are_marked_and_block_the_run(widget, shared_data):
+    viewer, w = widget
+    assert not w.run_button.isEnabled()  # no layers yet
+    assert "ground truth" in w.gt_layer.toolTip()
+    gt, _ = _dsb(shared_data)
+    viewer.add_labels(gt, name="ground truth")
+    viewer.add_labels(gt[:100, :100], name="crop")
+    w.pred_layer.setCurrentText("crop")
+    assert not w.run_button.isEnabled()
+    assert "differs from ground truth" in w.pred_layer.toolTip() and "border" in w.pred_layer.styleSheet()
+    assert w.run() is None
+    viewer.layers["crop"].data = gt.copy()
+    w.validate()
+    assert w.run_button.isEnabled() and w.pred_layer.styleSheet() == ""
+
+
+def test_folders_with_classes_give_per_class_pq(widget, monkeypatch, tmp_path, shared_data):
+    monkeypatch.setenv("CELLZOO_SYNC_WORKERS", "1")
+    viewer, w = widget
+    split = shared_data / "consep" / "test"
+    names = [p.stem for p in sorted((split / "inst").glob("*.png"))[:3]]
+    folders = {}
+    for kind in ("gt", "pred", "gt_cls", "pred_cls"):
+        folders[kind] = tmp_path / kind
+        folders[kind].mkdir()
+    for name in names:
+        (folders["gt"] / f"{name}.png").symlink_to(split / "inst" / f"{name}.png")
+        (folders["gt_cls"] / f"{name}.png").symlink_to(split / "class" / f"{name}.png")
+        (folders["pred_cls"] / f"{name}_classes.png").symlink_to(split / "class" / f"{name}.png")
+    # prediction: GT with the first object of every patch removed
+    removed = {}
+    for name in names:
+        gt = read_labels(split / "inst" / f"{name}.png")
+        pred, n = _without_objects(gt, 1)
+        removed[name] = n
+        from cellzoo.data.io import write_labels
+        write_labels(folders["pred"] / f"{name}_instances.tif", pred)
+
+    w.source.setCurrentText("Folders")
+    w.gt_folder.edit.setText(str(folders["gt"]))
+    w.pred_folder.edit.setText(str(folders["pred"]))
+    w.gt_class_folder.edit.setText(str(folders["gt_cls"]))
+    assert not w.run_button.isEnabled()  # one class folder alone is not enough
+    assert "both class folders" in w.pred_class_folder.edit.toolTip()
+    w.pred_class_folder.edit.setText(str(folders["pred_cls"]))
+    w.class_names.setText("other, inflammatory, epithelial, spindle")
+    assert w.run_button.isEnabled(), w.run_button.toolTip()
+
+    job = w.run()
+    assert job.state == "done", w.status.text()
+    assert [r["image"] for r in w.result.per_image] == names
+    for r in w.result.per_image:
+        tp = removed[r["image"]] - 1
+        assert r["pq"] == pytest.approx(tp / (tp + 0.5))
+    assert 0.9 < w.result.summary["mpq_plus"] < 1.0
+    assert "pq_epithelial" in w.result.summary and w.table.rowCount() == 4
+
+
+def test_missing_prediction_files_are_reported_before_run(widget, tmp_path, shared_data):
+    _, w = widget
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    gt_dir.mkdir()
+    pred_dir.mkdir()
+    _, mask = _dsb(shared_data)
+    (gt_dir / mask.name).symlink_to(mask)
+    (pred_dir / "other.tif").symlink_to(mask)
+    w.source.setCurrentText("Folders")
+    w.gt_folder.edit.setText(str(gt_dir))
+    w.pred_folder.edit.setText(str(pred_dir))
+    assert not w.run_button.isEnabled()
+    assert "have no prediction" in w.pred_folder.edit.toolTip()
+
+
+def test_cancel_during_folder_run_leaves_no_result(widget, qtbot, monkeypatch, tmp_path, shared_data):
+    monkeypatch.setenv("CELLZOO_SYNC_WORKERS", "0")
+    _, w = widget
+    masks = shared_data / "dsb2018" / "test" / "masks"
+    w.source.setCurrentText("Folders")
+    w.gt_folder.edit.setText(str(masks))
+    w.pred_folder.edit.setText(str(masks))
+    assert w.run_button.isEnabled()
+    seen = []
+    job = w.run()
+    original = w.job
+    assert original is job and w.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: job._pbar is None or job._pbar.n >= 1 or not job.running, timeout=30_000)
+    seen.append(job._pbar.n if job._pbar is not None else None)
+    w.cancel()
+    qtbot.waitUntil(lambda: not job.running, timeout=30_000)
+    assert job.state == "cancelled"
+    assert w.result is None and w.table.rowCount() == 0 and not w.export_button.isEnabled()
+    assert "Cancelled" in w.status.text()
+    assert w.run_button.isEnabled()
+    with pytest.raises(ValueError, match="run Evaluate first"):
+        w.export_csv(tmp_path / "x.csv")
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_screenshot_shows_the_widget_with_results(widget, qtbot, monkeypatch, shared_data):
+    monkeypatch.setenv("CELLZOO_SYNC_WORKERS", "1")
+    viewer, w = widget
+    from cellzoo.data.io import read_image
+
+    gt, mask = _dsb(shared_data)
+    viewer.add_image(read_image(mask.parent.parent / "images" / mask.name), name=mask.stem)
+    pred, _ = _without_objects(gt, 25)
+    viewer.add_labels(gt, name="ground truth", visible=False)
+    viewer.add_labels(pred, name="prediction")
+    w.run()
+    assert w.result is not None
+    viewer.window._qt_window.resize(1400, 900)
+    qtbot.wait(200)
+    grab = w.grab()
+    image = grab.toImage()
+    pixels = np.array([[image.pixelColor(x, y).value() for x in range(0, image.width(), 4)]
+                       for y in range(0, image.height(), 4)])
+    # a drawn widget has text, table and bars: many distinct grey levels, not one flat colour
+    assert image.width() > 200 and image.height() > 300
+    assert pixels.std() > 10 and len(np.unique(pixels)) > 20
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    shot = viewer.screenshot(canvas_only=False, flash=False)
+    from cellzoo.data.io import write_image
+
+    write_image(SCREENSHOT.with_suffix(".png"), shot)
+    assert SCREENSHOT.stat().st_size > 10_000
