@@ -163,7 +163,7 @@ def dsb_ap(gt, pred=None, iou_threshold: float = 0.5) -> float:
     return detection_scores(gt, pred, (iou_threshold,))[float(iou_threshold)]["dsb_ap"]
 
 
-def dsb_map(gt, pred=None, thresholds: Sequence[float] = tuple(np.arange(0.5, 1.0, 0.05))) -> float:
+def dsb_map(gt, pred=None, thresholds: Sequence[float] = tuple(np.round(np.arange(0.5, 1.0, 0.05), 2))) -> float:
     """DSB 2018 challenge score: mean of :func:`dsb_ap` over IoU 0.5, 0.55, ..., 0.95."""
     t = _table(gt, pred)
     scores = detection_scores(t, thresholds=thresholds)
