@@ -1,0 +1,504 @@
+"""Segment widget: run a zoo model on an image layer in a thread, with progress and Cancel.
+
+Outputs ``<image> instances`` (Labels + features table) and ``<image> classes`` (Labels, one fixed
+colour per class, legend in the widget); see :mod:`cellzoo._napari._layers`.
+Every field is checked on change: an invalid one turns red with the reason in its tooltip and
+Run stays disabled until it is fixed.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
+                            QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from superqt import QCollapsible
+
+from cellzoo.annotate import sync_classes
+from cellzoo.types import Progress
+
+from ._layers import class_colors_for, legend_widget, show_segmentation
+from ._worker import mark_field, start_job
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+NORMALIZATIONS = {
+    "auto": "auto (8-bit as is, 16-bit / float stretched)",
+    "percentile": "percentile stretch (1–99.8 %)",
+    "none": "none (values used as they are)",
+}
+STATUS_TEXT = {"embedded": "embedded", "cached": "cached", "downloadable": "download", "user": "your model",
+               "missing": "missing"}
+
+
+def _zoo():
+    """``cellzoo.zoo`` when it exports the catalogue functions, else its ``catalog`` module."""
+    from cellzoo import zoo
+
+    if hasattr(zoo, "list_models") and hasattr(zoo, "default_model_name"):
+        return zoo
+    from cellzoo.zoo import catalog
+
+    return catalog
+
+
+def _device_problem(name: str) -> str | None:
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        return "No CUDA GPU is available to PyTorch on this computer; choose auto or cpu."
+    if name == "mps":
+        backend = getattr(torch.backends, "mps", None)
+        if not (backend is not None and backend.is_available()):
+            return "Apple MPS is not available on this computer; choose auto or cpu."
+    return None
+
+
+def _format_value(value: Any) -> str:
+    return "" if value is None else repr(value) if isinstance(value, float) else str(value)
+
+
+def _parse_value(text: str, default: Any, key: str = "") -> Any:
+    """Parse a threshold field as the type of its default; raise ValueError with a reason."""
+    text = text.strip()
+    if isinstance(default, bool):
+        raise TypeError  # booleans use check boxes
+    if default is None:
+        if not text:
+            return None
+        return float(text)
+    if not text:
+        raise ValueError("empty; type a number or press 'Restore defaults'")
+    if isinstance(default, int):
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a whole number") from None
+    else:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+    if value < 0:
+        raise ValueError("must not be negative")
+    if "threshold" in key and isinstance(default, float) and 0.0 <= default <= 1.0 and value > 1:
+        raise ValueError("a probability threshold must be between 0 and 1")
+    return value
+
+
+class SegmentWidget(QWidget):
+    """Dock widget: image, model, device, tiles, TTA, thresholds, channel, normalisation, plane/stack."""
+
+    def __init__(self, napari_viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._job = None
+        self._models: dict[str, Any] = {}          # name -> loaded model (kept between runs)
+        self._infos: dict[str, Any] = {}           # name -> zoo ModelInfo
+        self._defaults: dict[str, dict] = {}       # name -> default post-processing params
+        self._param_fields: dict[str, QWidget] = {}
+        self.last_result: dict[str, Any] | None = None
+
+        self.image_combo = QComboBox()
+        self.image_combo.setToolTip("The image layer to segment.")
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("Model from the zoo; its status says whether the weights are embedded, "
+                                    "cached, or will be downloaded on first use.")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(DEVICES)
+        self.device_combo.setToolTip("auto uses a CUDA GPU, then Apple MPS, then the CPU.")
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(0, 8192)
+        self.tile_spin.setSingleStep(64)
+        self.tile_spin.setSpecialValueText("auto (by memory)")
+        self.tile_spin.setSuffix(" px")
+        self.tile_spin.setToolTip("Tile edge including the overlap; auto picks it from free memory.")
+        self.tta_check = QCheckBox("test-time augmentation (8 flips/rotations, slower)")
+        self.channel_combo = QComboBox()
+        self.channel_combo.setToolTip("Which channel to segment; for fluorescence pick the nuclear stain.")
+        self.normalize_combo = QComboBox()
+        for key, text in NORMALIZATIONS.items():
+            self.normalize_combo.addItem(text, key)
+        self.scope_combo = QComboBox()
+        self.scope_combo.addItem("current plane", "plane")
+        self.scope_combo.addItem("whole stack (each plane on its own)", "stack")
+        self.scope_combo.setToolTip("For 3-D or time-lapse images: segment only the plane on screen, or all.")
+
+        form = QFormLayout()
+        form.addRow("image", self.image_combo)
+        form.addRow("model", self.model_combo)
+        form.addRow("device", self.device_combo)
+        form.addRow("tile size", self.tile_spin)
+        form.addRow("", self.tta_check)
+        form.addRow("channel", self.channel_combo)
+        form.addRow("normalise", self.normalize_combo)
+        form.addRow("planes", self.scope_combo)
+
+        self.advanced = QCollapsible("Advanced: post-processing thresholds")
+        self._params_box = QWidget()
+        self._params_form = QFormLayout(self._params_box)
+        self.restore_button = QPushButton("Restore defaults")
+        self.restore_button.clicked.connect(self.restore_defaults)
+        self.advanced.addWidget(self._params_box)
+        self.advanced.addWidget(self.restore_button)
+
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        self.legend_box = QWidget()
+        self.legend_layout = QVBoxLayout(self.legend_box)
+        self.legend_layout.setContentsMargins(0, 0, 0, 0)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.advanced)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status_label)
+        layout.addWidget(self.legend_box)
+        layout.addStretch(1)
+
+        self._fill_models()
+        self._refresh_images()
+        self.viewer.layers.events.inserted.connect(self._refresh_images)
+        self.viewer.layers.events.removed.connect(self._refresh_images)
+        self.viewer.layers.events.reordered.connect(self._refresh_images)
+        self.image_combo.currentIndexChanged.connect(self._on_image_changed)
+        self.model_combo.currentIndexChanged.connect(self._on_model_changed)
+        for signal in (self.device_combo.currentIndexChanged, self.tile_spin.valueChanged,
+                       self.channel_combo.currentIndexChanged, self.scope_combo.currentIndexChanged):
+            signal.connect(self.validate)
+        self._on_image_changed()
+        self._on_model_changed()
+
+    # ------------------------------------------------------------------ fields
+    def _fill_models(self) -> None:
+        current = self.model_combo.currentData()
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        try:
+            infos = _zoo().list_models()
+        except Exception as exc:  # a broken registry must not break the widget; show why
+            infos = []
+            self.status_label.setText(f"The model list could not be read: {exc}")
+        self._infos = {info.name: info for info in infos}
+        for info in infos:
+            self.model_combo.addItem(f"{info.name}  [{STATUS_TEXT.get(info.status, info.status)}]", info.name)
+        default = current
+        if default is None:
+            default = _zoo().default_model_name()
+        index = self.model_combo.findData(default)
+        self.model_combo.setCurrentIndex(max(index, 0))
+        self.model_combo.blockSignals(False)
+
+    def refresh_models(self) -> None:
+        """Re-read the zoo (e.g. after a fine-tuned model was saved) keeping the selection."""
+        self._fill_models()
+        self._on_model_changed()
+
+    def _image_layers(self):
+        from napari.layers import Image
+
+        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _refresh_images(self, event=None) -> None:
+        current = self.image_combo.currentText()
+        self.image_combo.blockSignals(True)
+        self.image_combo.clear()
+        for layer in self._image_layers():
+            self.image_combo.addItem(layer.name)
+        index = self.image_combo.findText(current)
+        if index < 0 and self.image_combo.count():
+            index = self.image_combo.count() - 1  # newest image by default
+        self.image_combo.setCurrentIndex(index)
+        self.image_combo.blockSignals(False)
+        self._on_image_changed()
+
+    @property
+    def image_layer(self):
+        name = self.image_combo.currentText()
+        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+
+    def _channels(self, layer) -> int:
+        """Number of channels in the last axis (1 for gray layers)."""
+        if layer is None:
+            return 1
+        return int(layer.data.shape[-1]) if layer.rgb else 1
+
+    def _on_image_changed(self, *_) -> None:
+        layer = self.image_layer
+        channels = self._channels(layer)
+        self.channel_combo.blockSignals(True)
+        self.channel_combo.clear()
+        if channels == 1:
+            self.channel_combo.addItem("single channel", None)
+        else:
+            self.channel_combo.addItem("all (RGB)", None)
+            names = ["red", "green", "blue", "alpha"]
+            for k in range(channels):
+                self.channel_combo.addItem(f"{k} ({names[k] if k < 4 else 'channel'})", k)
+        self.channel_combo.blockSignals(False)
+        is_stack = layer is not None and layer.ndim > 2
+        self.scope_combo.setEnabled(is_stack)
+        # fluorescence (gray, not 8-bit) is usually dim: stretch by default
+        self.validate()
+
+    def _on_model_changed(self, *_) -> None:
+        name = self.model_combo.currentData()
+        for field in self._param_fields.values():
+            self._params_form.removeRow(field)
+        self._param_fields = {}
+        defaults = self._default_params(name) if name else {}
+        for key, value in defaults.items():
+            if isinstance(value, bool):
+                field = QCheckBox()
+                field.setChecked(value)
+                field.stateChanged.connect(self.validate)
+            else:
+                field = QLineEdit(_format_value(value))
+                field.setToolTip(f"default: {_format_value(value) or 'none'}")
+                field.textChanged.connect(self.validate)
+            field.setObjectName(f"param_{key}")
+            self._param_fields[key] = field
+            self._params_form.addRow(key.replace("_", " "), field)
+        self.restore_button.setEnabled(bool(defaults))
+        self.validate()
+
+    def _default_params(self, name: str) -> dict[str, Any]:
+        if name in self._defaults:
+            return self._defaults[name]
+        params: dict[str, Any] = {}
+        try:
+            if name in self._models:
+                params = self._models[name].default_postprocess_params()
+            elif name in self._infos:
+                from cellzoo.models import build_model
+
+                info = self._infos[name]
+                params = build_model(info.family, info.config).default_postprocess_params()
+        except Exception:  # unknown family etc.: no advanced fields; Run will report the real problem
+            params = {}
+        self._defaults[name] = dict(params or {})
+        return self._defaults[name]
+
+    def restore_defaults(self) -> None:
+        defaults = self._default_params(self.model_combo.currentData())
+        for key, field in self._param_fields.items():
+            if isinstance(field, QCheckBox):
+                field.setChecked(bool(defaults[key]))
+            else:
+                field.setText(_format_value(defaults[key]))
+        self.validate()
+
+    def params(self) -> dict[str, Any]:
+        """The post-processing parameters as typed in (raises ValueError for an invalid field)."""
+        defaults = self._default_params(self.model_combo.currentData())
+        out = {}
+        for key, field in self._param_fields.items():
+            out[key] = field.isChecked() if isinstance(field, QCheckBox) else _parse_value(field.text(), defaults[key], key)
+        return out
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, *_) -> bool:
+        """Mark invalid fields (red, reason in the tooltip) and enable Run only when all are valid."""
+        valid = True
+        layer = self.image_layer
+        reason = None
+        if layer is None:
+            reason = "Open an image first (File > Open, or drag it onto the viewer)."
+        elif layer.ndim < 2:
+            reason = f"{layer.name} is not an image (shape {layer.data.shape})."
+        elif getattr(layer, "multiscale", False):
+            reason = f"{layer.name} is a multiscale pyramid; open its full-resolution level as its own layer."
+        valid &= mark_field(self.image_combo, reason)
+
+        name = self.model_combo.currentData()
+        info = self._infos.get(name)
+        reason = None
+        if name is None:
+            reason = "No model is available; check the installation (cellzoo zoo list)."
+        elif info is not None and info.status == "missing":
+            reason = (f"The weights of {name} are not available here and there is no download address; "
+                      "import them with `cellzoo zoo import` or pick another model.")
+        valid &= mark_field(self.model_combo, reason)
+
+        valid &= mark_field(self.device_combo, _device_problem(self.device_combo.currentText()))
+        tile = self.tile_spin.value()
+        reason = None
+        if tile and tile < 64:
+            reason = f"A tile of {tile} px is too small; use at least 64 px or auto."
+        valid &= mark_field(self.tile_spin, reason)
+
+        defaults = self._default_params(name) if name else {}
+        for key, field in self._param_fields.items():
+            if isinstance(field, QCheckBox):
+                continue
+            try:
+                _parse_value(field.text(), defaults[key], key)
+                problem = None
+            except ValueError as exc:
+                problem = f"{key.replace('_', ' ')}: {exc}"
+            valid &= mark_field(field, problem)
+        running = self._job is not None and self._job.running
+        self.run_button.setEnabled(bool(valid) and not running)
+        return bool(valid)
+
+    # ------------------------------------------------------------------ run
+    def _plane_index(self, layer) -> tuple[int, ...]:
+        """Index of the plane on screen in the layer's leading (non-spatial) axes."""
+        lead = layer.ndim - 2
+        if lead <= 0:
+            return ()
+        point = layer.world_to_data(self.viewer.dims.point[-layer.ndim:])
+        shape = layer.data.shape[:lead]
+        return tuple(int(min(max(round(float(p)), 0), s - 1)) for p, s in zip(point[:lead], shape))
+
+    def settings(self) -> dict[str, Any]:
+        return {"model": self.model_combo.currentData(), "device": self.device_combo.currentText(),
+                "tile": self.tile_spin.value() or None, "tta": self.tta_check.isChecked(),
+                "channel": self.channel_combo.currentData(), "normalize": self.normalize_combo.currentData(),
+                "params": self.params(), "scope": self.scope_combo.currentData()}
+
+    def run(self) -> None:
+        if not self.validate():
+            return
+        layer = self.image_layer
+        settings = self.settings()
+        whole_stack = layer.ndim > 2 and settings["scope"] == "stack"
+        plane = () if whole_stack else self._plane_index(layer)
+        data = layer.data
+        lead = layer.ndim - 2
+        if whole_stack:
+            lead_shape = data.shape[:lead]
+            spatial = data.shape[lead:]
+            pixels = np.asarray(data).reshape((-1, *spatial))  # T×Z×… planes -> one axis
+        else:
+            lead_shape = ()
+            pixels = np.asarray(data[plane]) if plane else np.asarray(data)
+        request = {"layer": layer.name, "plane": plane, "whole_stack": whole_stack, "lead_shape": lead_shape,
+                   "settings": settings}
+
+        def job(cancel):
+            return self._segment(pixels, request, cancel)
+
+        self.status_label.setText(f"Segmenting {layer.name} with {settings['model']} …")
+        self.cancel_button.setEnabled(True)
+        self.run_button.setEnabled(False)
+        self._job = start_job(job, description=f"Segmenting {layer.name}", on_returned=self._apply,
+                              on_cancelled=self._cancelled, on_error=self._failed, on_finished=self._finished)
+        if self._job.running:
+            self.run_button.setEnabled(False)
+
+    def _segment(self, pixels: np.ndarray, request: dict, cancel):
+        """Runs in the worker thread: load the model (once), then the engine generator."""
+        from cellzoo.infer import resolve_model, segment_iter, segment_stack_iter
+
+        settings = request["settings"]
+        name = settings["model"]
+        if name not in self._models:
+            yield Progress("loading model", 0, 1, name)
+            self._models[name] = resolve_model(name)
+            yield Progress("loading model", 1, 1, name)
+        model = self._models[name]
+        kwargs = dict(tile=settings["tile"], device=settings["device"], tta=settings["tta"],
+                      params=settings["params"], channel=settings["channel"], normalize=settings["normalize"],
+                      cancel=cancel)
+        if request["whole_stack"]:
+            results = yield from segment_stack_iter(model, pixels, **kwargs)
+        else:
+            results = [(yield from segment_iter(model, pixels, **kwargs))]
+        return {"request": request, "results": results, "class_names": model.class_names}
+
+    def cancel(self) -> None:
+        if self._job is not None and self._job.running:
+            self._job.cancel()
+            self.status_label.setText("Cancelling …")
+
+    def _cancelled(self) -> None:
+        self.status_label.setText("Cancelled; no layers were changed.")
+
+    def _failed(self, exc: BaseException) -> None:
+        self.status_label.setText(f"Segmentation failed: {exc}")
+
+    def _finished(self, job) -> None:
+        self.cancel_button.setEnabled(False)
+        self.validate()
+
+    def _apply(self, output: dict) -> None:
+        """Main thread: turn the Instances into the two Labels layers."""
+        request, results = output["request"], output["results"]
+        layer = self.viewer.layers[request["layer"]]
+        settings = request["settings"]
+        info = self._infos.get(settings["model"])
+        class_names = list(results[0].class_names or output["class_names"])
+        class_colors = class_colors_for(class_names, getattr(info, "class_colors", None))
+        spatial = tuple(layer.data.shape[layer.ndim - 2:layer.ndim])
+        full_shape = tuple(layer.data.shape[:layer.ndim])
+        inst_name = f"{layer.name} instances"
+
+        if layer.ndim == 2:
+            labels, classes, scores = self._plane_arrays(results[0], 0)
+        else:
+            existing = self.viewer.layers[inst_name] if inst_name in self.viewer.layers else None
+            if existing is not None and existing.data.shape == full_shape and not request["whole_stack"]:
+                labels = np.asarray(existing.data, dtype=np.int32).copy()
+                cls_name = f"{layer.name} classes"
+                classes = np.asarray(self.viewer.layers[cls_name].data, dtype=np.uint8).copy() \
+                    if cls_name in self.viewer.layers else (labels > 0).astype(np.uint8)
+                scores = dict(existing.metadata.get("cellzoo", {}).get("scores", {}))
+            else:
+                labels = np.zeros(full_shape, np.int32)
+                classes = np.zeros(full_shape, np.uint8)
+                scores = {}
+            planes = [np.unravel_index(k, request["lead_shape"]) for k in range(len(results))] \
+                if request["whole_stack"] else [request["plane"]]
+            for plane, result in zip(planes, results):
+                plane = tuple(int(p) for p in plane)
+                labels[plane] = 0
+                offset = int(labels.max())  # ids stay unique across planes, so the table has one row each
+                plane_labels, plane_classes, plane_scores = self._plane_arrays(result, offset)
+                labels[plane], classes[plane] = plane_labels, plane_classes
+                scores = {k: v for k, v in scores.items() if k <= offset or k in plane_scores} | plane_scores
+        assert labels.shape[-2:] == spatial
+        meta = results[0].meta
+        inst, _cls = show_segmentation(self.viewer, layer, labels, classes, class_names=class_names,
+                                       class_colors=class_colors, scores=scores, model=settings["model"],
+                                       meta={"device": meta.get("device"), "settings": settings})
+        count = int(sum(r.count for r in results))
+        seconds = sum(float(r.meta.get("seconds", 0.0)) for r in results)
+        self.status_label.setText(f"{count} instances in {seconds:.1f} s · device used: {meta.get('device', '?')}"
+                                  + (f" · {len(results)} planes" if len(results) > 1 else ""))
+        self._show_legend(class_names, class_colors)
+        self.last_result = {"instances_layer": inst.name, "count": count, "device": meta.get("device"),
+                            "results": results}
+        self.viewer.layers.selection.active = inst
+
+    @staticmethod
+    def _plane_arrays(result, offset: int):
+        labels = np.asarray(result.labels, dtype=np.int32)
+        class_map = np.asarray(result.class_map(), dtype=np.uint8)
+        # one class per instance, so the class layer and the table agree
+        classes = sync_classes(labels, class_map, default_class=1)
+        if offset:
+            labels = np.where(labels > 0, labels + offset, 0).astype(np.int32)
+        scores = {int(k) + offset: float(v) for k, v in result.scores.items()}
+        return labels, classes, scores
+
+    def _show_legend(self, class_names, class_colors) -> None:
+        while self.legend_layout.count():
+            item = self.legend_layout.takeAt(0)
+            if item.widget() is not None:
+                item.widget().deleteLater()
+        title = QLabel("<b>Classes</b>")
+        self.legend_layout.addWidget(title)
+        self.legend_layout.addWidget(legend_widget(class_names, class_colors))
+        self.legend_layout.setAlignment(Qt.AlignTop)

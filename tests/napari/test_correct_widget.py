@@ -1,0 +1,272 @@
+"""Correct widget in a real napari viewer (Xvfb): every tool, key bindings, mouse, undo/redo, training set."""
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from napari.utils._proxies import ReadOnlyWrapper
+from napari.utils.interactions import mouse_press_callbacks
+from napari.utils.key_bindings import coerce_keybinding
+from skimage import io
+
+from cellzoo._napari._layers import show_segmentation
+from cellzoo._napari.correct_widget import CorrectWidget
+from cellzoo.annotate import next_free_id, read_training_set
+
+CONSEP_NAMES = ["background", "other", "inflammatory", "epithelial", "spindle-shaped"]
+CONSEP_COLORS = ["#000000", "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e"]
+SCALE = (0.5, 0.5)  # a pixel size, so clicks must be mapped from world to data coordinates
+
+
+@dataclass
+class MouseEvent:
+    type: str
+    position: tuple
+    modifiers: list = field(default_factory=list)
+    is_dragging: bool = False
+    view_direction: object = None
+    dims_displayed: tuple = (0, 1)
+    dims_point: tuple = (0, 0)
+    handled: bool = False
+
+
+def click(layer, data_rc, modifiers):
+    """A real mouse press through napari's callback dispatch, at data (row, col)."""
+    world = tuple(np.asarray(layer.data_to_world(data_rc)))
+    mouse_press_callbacks(layer, ReadOnlyWrapper(MouseEvent("mouse_press", world, list(modifiers)),
+                                                 exceptions=("handled",)))
+
+
+def press(layer, key):
+    layer.keymap[coerce_keybinding(key)](layer)
+
+
+def inside(labels, label):
+    """A pixel deep inside an instance (max of the distance transform)."""
+    from scipy import ndimage
+
+    dist = ndimage.distance_transform_edt(labels == label)
+    return tuple(int(v) for v in np.unravel_index(dist.argmax(), labels.shape))
+
+
+@pytest.fixture
+def consep(shared_data):
+    root = shared_data / "consep" / "test"
+    return (io.imread(root / "images" / "test_1_000.jpg"), io.imread(root / "inst" / "test_1_000.png").astype(np.int32),
+            io.imread(root / "class" / "test_1_000.png").astype(np.uint8))
+
+
+@pytest.fixture
+def setup(make_napari_viewer, consep):
+    image, labels, classes = consep
+    viewer = make_napari_viewer()
+    image_layer = viewer.add_image(image, name="patch", scale=SCALE)
+    inst, cls = show_segmentation(viewer, image_layer, labels, classes, class_names=CONSEP_NAMES,
+                                  class_colors=CONSEP_COLORS, scores={int(i): 0.9 for i in np.unique(labels)[1:]},
+                                  model="ground truth")
+    widget = CorrectWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    assert widget.layer is inst and widget.classes_layer is cls
+    return viewer, widget, inst, cls
+
+
+def big_ids(labels, n):
+    areas = np.bincount(labels.ravel())
+    areas[0] = 0
+    return [int(i) for i in np.argsort(areas)[::-1][:n]]
+
+
+def check_in_sync(inst, cls):
+    """Class layer uniform per instance and zero on background; table matches the label map."""
+    labels, classes = np.asarray(inst.data), np.asarray(cls.data)
+    assert not classes[labels == 0].any()
+    table = inst.features
+    ids = np.unique(labels)[1:]
+    np.testing.assert_array_equal(np.sort(table["label"].to_numpy()), ids)
+    for row in table.itertuples():
+        values = np.unique(classes[labels == row.label])
+        assert values.tolist() == [row._2]  # column "class"
+        assert row.area == (labels == row.label).sum()
+
+
+def test_delete_by_shift_click_and_undo(setup):
+    viewer, widget, inst, cls = setup
+    before = np.asarray(inst.data).copy()
+    target = big_ids(before, 1)[0]
+    click(inst, inside(before, target), ["Shift"])
+    assert target not in inst.data and (inst.data[before == target] == 0).all()
+    assert target not in set(inst.features["label"])
+    assert (cls.data[before == target] == 0).all()
+    check_in_sync(inst, cls)
+    press(inst, "Control-Z")  # napari's undo key on the layer, routed to the joint history
+    np.testing.assert_array_equal(inst.data, before)
+    assert target in set(inst.features["label"])
+    press(inst, "Control-Shift-Z")
+    assert target not in inst.data
+
+
+def test_merge_selection_assign_class_undo_redo(setup):
+    viewer, widget, inst, cls = setup
+    labels0, classes0 = np.asarray(inst.data).copy(), np.asarray(cls.data).copy()
+    a, b = big_ids(labels0, 2)
+    click(inst, inside(labels0, a), ["Control"])
+    click(inst, inside(labels0, b), ["Control"])
+    assert widget.selection == {a, b}
+    n_before = len(inst.features)
+    press(inst, "Shift-M")
+    keep = min(a, b)
+    assert set(np.unique(inst.data[(labels0 == a) | (labels0 == b)])) == {keep}
+    assert len(inst.features) == n_before - 1
+    row = inst.features[inst.features["label"] == keep].iloc[0]
+    assert row["area"] == ((labels0 == a) | (labels0 == b)).sum()
+    check_in_sync(inst, cls)
+
+    # the merged instance (still selected) gets class 2 "inflammatory"
+    widget.class_combo.setCurrentIndex(widget.class_combo.findData(2))
+    press(inst, "Shift-C")
+    assert (cls.data[inst.data == keep] == 2).all()
+    assert inst.features.set_index("label").loc[keep, "class_name"] == "inflammatory"
+    check_in_sync(inst, cls)
+
+    widget.undo()  # the class change
+    widget.undo()  # the merge
+    np.testing.assert_array_equal(inst.data, labels0)
+    np.testing.assert_array_equal(cls.data, classes0 * (labels0 > 0))
+    assert len(inst.features) == n_before
+    widget.redo()
+    assert set(np.unique(inst.data[(labels0 == a) | (labels0 == b)])) == {keep}
+
+
+def test_split_with_alt_click_seeds(setup):
+    viewer, widget, inst, cls = setup
+    labels0 = np.asarray(inst.data).copy()
+    target = big_ids(labels0, 1)[0]
+    rows, cols = np.nonzero(labels0 == target)
+    order = np.argsort(rows * 1000 + cols)
+    seeds = [(rows[order[len(order) // 8]], cols[order[len(order) // 8]]),
+             (rows[order[-len(order) // 8]], cols[order[-len(order) // 8]])]
+    for seed in seeds:
+        click(inst, seed, ["Alt"])
+    assert len(widget.seeds_layer().data) == 2
+    new_id = next_free_id(labels0)
+    press(inst, "Shift-S")
+    assert (inst.data == target).sum() > 0 and (inst.data == new_id).sum() > 0
+    assert (inst.data == target).sum() + (inst.data == new_id).sum() == (labels0 == target).sum()
+    # both halves keep the original class; the new instance has a table row without a model score
+    assert cls.data[inst.data == new_id].max() == cls.data[inst.data == target].max() != 0
+    table = inst.features.set_index("label")
+    assert np.isnan(table.loc[new_id, "score"]) and table.loc[target, "score"] == pytest.approx(0.9)
+    assert len(widget.seeds_layer().data) == 0  # seeds are used up
+    check_in_sync(inst, cls)
+    widget.undo()
+    np.testing.assert_array_equal(inst.data, labels0)
+
+
+def test_split_needs_seeds_in_one_instance(setup):
+    viewer, widget, inst, cls = setup
+    labels0 = np.asarray(inst.data).copy()
+    a, b = big_ids(labels0, 2)
+    click(inst, inside(labels0, a), ["Alt"])
+    click(inst, inside(labels0, b), ["Alt"])
+    press(inst, "Shift-S")
+    assert "one and the same instance" in widget.status_label.text()
+    np.testing.assert_array_equal(inst.data, labels0)
+
+
+def test_new_instance_by_painting_gets_class_and_row(setup, qtbot):
+    viewer, widget, inst, cls = setup
+    labels0 = np.asarray(inst.data).copy()
+    widget.class_combo.setCurrentIndex(widget.class_combo.findData(4))
+    press(inst, "Shift-N")
+    new_id = next_free_id(labels0)
+    assert inst.selected_label == new_id and inst.mode == "paint"
+    background = np.argwhere(labels0 == 0)
+    spot = background[len(background) // 2]
+    inst.brush_size = 5
+    inst.paint(tuple(spot), new_id)  # napari's own brush: recorded in its history, emits 'paint'
+    qtbot.waitUntil(lambda: (cls.data[inst.data == new_id] != 0).any(), timeout=5000)
+    assert (inst.data == new_id).any()
+    assert (cls.data[inst.data == new_id] == 4).all()
+    assert inst.features.set_index("label").loc[new_id, "class_name"] == "spindle-shaped"
+    check_in_sync(inst, cls)
+    press(inst, "Control-Z")
+    np.testing.assert_array_equal(inst.data, labels0)
+    assert not (cls.data[labels0 == 0]).any()
+
+
+def test_fill_holes_remove_small_relabel(setup, qtbot):
+    viewer, widget, inst, cls = setup
+    labels0 = np.asarray(inst.data).copy()
+    target = big_ids(labels0, 1)[0]
+    hole = inside(labels0, target)
+    inst.brush_size = 1
+    inst.paint(hole, 0)  # punch a one-pixel hole with the eraser
+    assert inst.data[hole] == 0
+    qtbot.waitUntil(lambda: len(widget._undo) == 1, timeout=5000)
+    widget.fill_holes()
+    assert inst.data[hole] == target
+
+    widget.min_size_spin.setValue(60)
+    areas = np.bincount(np.asarray(inst.data).ravel())
+    expected = {i for i in np.unique(inst.data)[1:] if areas[i] >= 60}
+    widget.buttons["small"].click()
+    assert set(np.unique(inst.data)[1:]) == expected
+    check_in_sync(inst, cls)
+
+    widget.relabel_sequential()
+    assert inst.data.max() == len(expected) and set(np.unique(inst.data)[1:]) == set(range(1, len(expected) + 1))
+    assert np.isfinite(inst.features["score"]).all()  # scores follow their instances' new ids
+    check_in_sync(inst, cls)
+    for _ in range(3):
+        widget.undo()
+    assert inst.data[hole] == 0  # back to after the hand-made hole
+    widget.undo()
+    np.testing.assert_array_equal(inst.data, labels0)
+
+
+def test_user_errors_are_explained_not_raised(setup):
+    viewer, widget, inst, cls = setup
+    labels0 = np.asarray(inst.data).copy()
+    press(inst, "Shift-M")  # nothing selected
+    assert "Ctrl+click" in widget.status_label.text()
+    np.testing.assert_array_equal(inst.data, labels0)
+    widget.folder_edit.setText("")
+    assert not widget.buttons["add"].isEnabled()
+    assert widget.folder_edit.styleSheet() and "folder" in widget.folder_edit.toolTip()
+
+
+def test_add_to_training_set(setup, tmp_path):
+    viewer, widget, inst, cls = setup
+    click(inst, inside(np.asarray(inst.data), big_ids(np.asarray(inst.data), 1)[0]), ["Shift"])
+    widget.folder_edit.setText(str(tmp_path / "set"))
+    widget.buttons["add"].click()
+    samples = read_training_set(tmp_path / "set")
+    assert [s.name for s in samples] == ["patch"]
+    np.testing.assert_array_equal(samples[0].labels, inst.data)
+    np.testing.assert_array_equal(samples[0].classes, cls.data)
+    np.testing.assert_array_equal(samples[0].image, viewer.layers["patch"].data)
+    assert samples[0].meta["model"] == "ground truth" and samples[0].meta["source_layer"] == "patch"
+    assert samples[0].meta["class_names"] == CONSEP_NAMES
+    assert "Saved 'patch'" in widget.status_label.text()
+
+
+def test_stack_edits_only_the_current_plane(make_napari_viewer, consep):
+    image, labels, classes = consep
+    viewer = make_napari_viewer()
+    stack = np.stack([labels, labels, labels])
+    offset = np.array([0, 1, 2])[:, None, None] * int(labels.max())
+    stack = np.where(stack > 0, stack + offset, 0).astype(np.int32)
+    image_layer = viewer.add_image(np.stack([image[..., 0]] * 3), name="stack")
+    inst, cls = show_segmentation(viewer, image_layer, stack, np.stack([classes] * 3) * (stack > 0),
+                                  class_names=CONSEP_NAMES, class_colors=CONSEP_COLORS)
+    assert set(inst.features["plane"]) == {0, 1, 2} and len(inst.features) == 3 * (len(np.unique(labels)) - 1)
+    widget = CorrectWidget(viewer)
+    viewer.dims.set_current_step(0, 1)
+    assert widget.plane() == (1,)
+    target = big_ids(stack[1], 1)[0]
+    click(inst, (1, *inside(stack[1], target)), ["Shift"])
+    assert target not in inst.data[1]
+    np.testing.assert_array_equal(inst.data[0], stack[0])
+    np.testing.assert_array_equal(inst.data[2], stack[2])
+    assert target not in set(inst.features["label"]) and len(inst.features) == 3 * (len(np.unique(labels)) - 1) - 1
+    widget.undo()
+    np.testing.assert_array_equal(inst.data, stack)
