@@ -15,8 +15,8 @@ def pairwise(gt: np.ndarray, pred: np.ndarray):
     """Per-object intersections: (gt ids, pred ids, gt areas, pred areas, {(g, p): inter})."""
     gt_ids = [int(i) for i in np.unique(gt) if i != 0]
     pred_ids = [int(i) for i in np.unique(pred) if i != 0]
-    gt_area = {g: int((gt == g).sum()) for g in gt_ids}
-    pred_area = {p: int((pred == p).sum()) for p in pred_ids}
+    gt_area = dict(zip(*(v.tolist() for v in np.unique(gt[gt > 0], return_counts=True))))
+    pred_area = dict(zip(*(v.tolist() for v in np.unique(pred[pred > 0], return_counts=True))))
     boxes = ndimage.find_objects(gt)
     inter = {}
     for g in gt_ids:

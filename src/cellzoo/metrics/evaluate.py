@@ -256,7 +256,7 @@ class EvaluationResult:
         def add(key, label=None):
             if key in s:
                 value = s[key]
-                text = "n/a" if isinstance(value, float) and math.isnan(value) else f"{value:.4f}"
+                text = "n/a" if isinstance(value, float) and math.isnan(value) else f"{value:.6f}"
                 lines.append(f"  {(label or key):<{width}}  {text}")
 
         lines.append("mean over images")
