@@ -135,3 +135,35 @@ def test_family_mismatch_and_unknown_layout(shared_data, tmp_path):
     broken.pop("encoder.downsample_3.0.conv_reparam.weight")
     with pytest.raises(ValueError, match=r"lacks encoder stage\(s\) \[3\]"):
         convert_checkpoint(broken)
+
+
+@pytest.mark.parametrize("torch_041", [True, False])
+def test_fullnet_manifest_checkpoint_converts_loads_strict_and_runs(shared_data, tmp_path, torch_041):
+    """FullNet-varCE's {'epoch','state_dict','best_iou','optimizer'} with 'module.' prefixes and Adam state;
+    a torch 0.4.0 file (no num_batches_tracked) loads too."""
+    import numpy as np
+
+    man = manifest(shared_data, "fullnet_multiorgan")
+    state = build_state(man)
+    if not torch_041:
+        state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    learnable = [k for k in man["tensors"] if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert len(learnable) == man["optimizer_layout"]["n_param_tensors"]
+    optimizer = {"state": {i: {"step": 300, "exp_avg": torch.zeros_like(state[k]), "exp_avg_sq": torch.zeros_like(state[k])}
+                           for i, k in enumerate(learnable)},
+                 "param_groups": [{"lr": 0.001, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 1e-4,
+                                   "amsgrad": False, "params": list(range(len(learnable)))}]}
+    path = tmp_path / "model_MultiOrgan.pth.tar"
+    torch.save({"epoch": 300, "state_dict": state, "best_iou": np.float64(0.8123), "optimizer": optimizer}, path)
+
+    converted, config = convert_checkpoint(path)
+    assert config["family"] == "fullnet"
+    assert not any(k.startswith("module.") for k in converted)
+    assert (config["growth_rate"], config["n_layers"], config["stem_channels"], config["compress_ratio"]) == (24, 6, 24, 0.5)
+    model = build_model("fullnet", config)
+    model.load_state_dict(converted, strict=True)
+    assert sum(p.numel() for p in model.parameters()) == man["total_params"]
+    model.eval()
+    with torch.no_grad():
+        out = model(model.preprocess(np.random.default_rng(0).uniform(0, 255, (40, 48, 3)).astype(np.float32))[None])
+    assert out["ternary"].shape == (1, 3, 40, 48)

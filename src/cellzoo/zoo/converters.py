@@ -66,6 +66,15 @@ def detect_family(state: Mapping[str, torch.Tensor]) -> str:
                      "pass the family explicitly (--family repsnet|fullnet|cascade|scts)")
 
 
+def _fill_num_batches_tracked(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Files from PyTorch 0.4.0 lack BatchNorm's ``num_batches_tracked``; it only matters for
+    momentum-free BN, so a zero counter is added to let the strict load through."""
+    for key in [k for k in state if k.endswith(".running_mean")]:
+        counter = key[: -len("running_mean")] + "num_batches_tracked"
+        state.setdefault(counter, torch.tensor(0, dtype=torch.int64))
+    return state
+
+
 # ----------------------------------------------------------------------------- RepSNet
 def _stage_width(state: Mapping[str, torch.Tensor], stage: int) -> int | None:
     prefix = f"encoder.downsample_{stage}.0."
@@ -104,6 +113,7 @@ def repsnet_layout(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
 
 def _convert_repsnet(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     layout = repsnet_layout(state)
+    state = _fill_num_batches_tracked(state)
     config = dict(layout)
     if layout["num_classes"] == 7:  # CoNIC, the authors' only published setting
         config["class_names"] = ["background", "neutrophil", "epithelial", "lymphocyte", "plasma",
@@ -145,17 +155,27 @@ def fullnet_layout(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
 
 
 def _convert_fullnet(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from ..models import family_class
-
     layout = fullnet_layout(state)
-    names = set(getattr(family_class("fullnet").Config, "__dataclass_fields__", {}))
-    # keep only what the FullNet config knows (stem width etc. follow from growth rate)
-    config = {k: v for k, v in layout.items() if not names or k in names}
-    return state, config
+    if layout["out_channels"] != 3:
+        raise ValueError(f"FullNet checkpoint predicts {layout['out_channels']} channels; ours predicts the "
+                         "ternary map (background, inside, contour) with 3")
+    if layout["n_blocks"] != 7:
+        # dilations are not stored in the weights; only the authors' 7-block schedule is known
+        raise ValueError(f"FullNet checkpoint has {layout['n_blocks']} dense blocks; only the authors' 7-block "
+                         "layout (dilations 1,2,4,8,16,4,1) can be converted")
+    config = {k: layout[k] for k in ("in_channels", "stem_channels", "growth_rate", "n_layers", "compress_ratio")}
+    config["dilations"] = [1, 2, 4, 8, 16, 4, 1]
+    return _fill_num_batches_tracked(state), config
 
 
 # ----------------------------------------------------------------------------- entry point
 _CONVERTERS = {"repsnet": _convert_repsnet, "fullnet": _convert_fullnet}
+
+#: config keys a converter reads from the weights; registry/user overrides may not change them
+ARCHITECTURE_KEYS = {
+    "repsnet": {"variant", "deploy", "filters", "num_classes", "in_channels"},
+    "fullnet": {"in_channels", "stem_channels", "growth_rate", "n_layers", "compress_ratio", "dilations"},
+}
 
 
 def convert_checkpoint(path_or_state: str | os.PathLike | Mapping[str, Any],

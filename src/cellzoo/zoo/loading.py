@@ -9,7 +9,7 @@ import torch
 
 from ..models import CellModel, build_model
 from .catalog import get_model_info
-from .converters import convert_checkpoint
+from .converters import ARCHITECTURE_KEYS, convert_checkpoint
 from .fetch import fetch_info
 from .registry import ModelInfo
 
@@ -25,10 +25,14 @@ def _looks_like_path(value: str | os.PathLike) -> bool:
 
 def model_from_checkpoint(path: str | os.PathLike, family: str | None = None,
                           config_overrides: dict[str, Any] | None = None) -> CellModel:
-    """Build our module from an authors' checkpoint (converted) and load it strictly."""
+    """Build our module from an authors' checkpoint (converted) and load it strictly.
+
+    ``config_overrides`` (e.g. the registry entry's config: class names, normalisation,
+    post-processing) apply to everything but the architecture read from the weights."""
     state, config = convert_checkpoint(path, family)
     family = config.pop("family")
-    config.update(config_overrides or {})
+    fixed = ARCHITECTURE_KEYS.get(family, set())
+    config.update({k: v for k, v in (config_overrides or {}).items() if k not in fixed})
     model = build_model(family, config)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
@@ -55,7 +59,8 @@ def _load_file(path: Path, family: str | None, info: ModelInfo | None) -> tuple[
             meta = {**info.metadata(), **meta, "name": info.name}
         return model, meta
     overrides = {}
-    if info is not None and info.class_names:
+    if info is not None:
+        overrides.update(info.config)
         overrides["class_names"] = list(info.class_names)
     model = model_from_checkpoint(path, family or (info.family if info else None), overrides or None)
     meta = info.metadata() if info else {"name": path.stem, "family": model.family}
