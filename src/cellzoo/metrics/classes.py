@@ -34,7 +34,7 @@ def class_pq_counts(gt, pred, gt_classes, pred_classes, n_classes: int) -> np.nd
 
     def composite(labels, classes):
         keep = (labels > 0) & (classes > 0) & (classes <= n_classes)
-        return np.where(keep, labels * k + classes, 0)
+        return np.where(keep, labels.astype(np.int64) * k + classes, 0)
 
     t = overlap_table(composite(gt, gcls), composite(pred, pcls))
     gt_class, pred_class = t.gt_ids % k, t.pred_ids % k

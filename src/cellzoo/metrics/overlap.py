@@ -36,30 +36,26 @@ def check_label_pair(gt: np.ndarray, pred: np.ndarray, what: str = "label") -> t
     if gt.shape != pred.shape:
         raise ValueError(f"ground truth and prediction differ in shape: {gt.shape} vs {pred.shape}; "
                          "they must cover the same pixels")
-    if gt.size and (gt.min() < 0 or pred.min() < 0):
-        raise ValueError(f"{what} ids must be >= 0 (0 = background); found negative ids")
-    return gt.astype(np.int64, copy=False), pred.astype(np.int64, copy=False)
+    out = []
+    for arr in (gt, pred):  # native int dtypes are kept: a 1000x1000 int64 copy costs more than the metrics
+        if arr.dtype.kind == "f" or arr.dtype == np.uint64:
+            arr = arr.astype(np.int64)
+        if arr.dtype.kind == "i" and arr.size and arr.min() < 0:
+            raise ValueError(f"{what} ids must be >= 0 (0 = background); found negative ids")
+        out.append(arr)
+    return out[0], out[1]
 
 
-def _compact(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sequential relabelling (0 stays 0) plus the original ids and areas, in one bincount pass.
-
-    Same result as ``skimage.segmentation.relabel_sequential`` but also returns the
-    areas it has to count anyway, and is ~4x faster on 1000x1000 maps.
-    """
-    flat = labels.ravel()
+def _ids_and_areas(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Object ids present (ascending, 0 excluded) and their pixel counts, in one pass."""
     top = int(flat.max()) if flat.size else 0
     if top <= 4 * flat.size + 1024:
         area = np.bincount(flat, minlength=top + 1)
-        ids = np.flatnonzero(area)
-        ids = ids[ids != 0]
-        lut = np.zeros(top + 1, dtype=np.int64)
-        lut[ids] = np.arange(1, ids.size + 1)
-        return lut[flat], ids, area[ids]
-    ids, inverse, area = np.unique(flat, return_inverse=True, return_counts=True)
-    if ids[0] == 0:
-        return inverse.astype(np.int64), ids[1:], area[1:]
-    return inverse.astype(np.int64) + 1, ids, area
+        ids = np.flatnonzero(area[1:]) + 1
+        return ids, area[ids]
+    ids, area = np.unique(flat, return_counts=True)
+    keep = ids != 0
+    return ids[keep], area[keep]
 
 
 @dataclass(frozen=True)
@@ -176,19 +172,31 @@ class Overlaps:
 
 
 def overlap_table(gt: np.ndarray, pred: np.ndarray) -> Overlaps:
-    """Build the sparse GT x prediction contingency table in one pass over the pixels."""
+    """Build the sparse GT x prediction contingency table in one pass over the pixels.
+
+    Only pixels that are foreground in both maps are paired; their (gt id, pred id) keys
+    are counted with np.bincount (or np.unique when the ids are too large for a dense
+    count) and mapped to object indices afterwards, so no full-size relabelled copy is made.
+    """
     gt, pred = check_label_pair(gt, pred)
-    g, gt_ids, gt_area = _compact(gt)
-    p, pred_ids, pred_area = _compact(pred)
-    both = (g > 0) & (p > 0)
-    g, p = g[both] - 1, p[both] - 1
-    n_gt, n_pred = gt_ids.size, pred_ids.size
-    if n_gt * n_pred <= _DENSE_TABLE_LIMIT:
-        counts = np.bincount(g * n_pred + p, minlength=n_gt * n_pred) if n_gt * n_pred else np.zeros(0, np.int64)
+    gflat, pflat = gt.ravel(), pred.ravel()
+    gt_ids, gt_area = _ids_and_areas(gflat)
+    pred_ids, pred_area = _ids_and_areas(pflat)
+    both = (gflat > 0) & (pflat > 0)
+    gb, pb = gflat[both].astype(np.int64), pflat[both].astype(np.int64)
+    g_top = int(gt_ids[-1]) if gt_ids.size else 0
+    p_top = int(pred_ids[-1]) if pred_ids.size else 0
+    stride = p_top + 1
+    keys = gb * stride + pb
+    if (g_top + 1) * stride <= _DENSE_TABLE_LIMIT:
+        counts = np.bincount(keys, minlength=(g_top + 1) * stride)
         keys = np.flatnonzero(counts)
         inter = counts[keys]
     else:
-        keys, inter = np.unique(g * n_pred + p, return_counts=True)
-    rows, cols = np.divmod(keys, max(n_pred, 1))
-    return Overlaps(gt_ids, pred_ids, gt_area.astype(np.int64), pred_area.astype(np.int64),
-                    rows.astype(np.int64), cols.astype(np.int64), inter.astype(np.int64))
+        keys, inter = np.unique(keys, return_counts=True)
+    g_raw, p_raw = np.divmod(keys, stride)
+    rows = np.searchsorted(gt_ids, g_raw)
+    cols = np.searchsorted(pred_ids, p_raw)
+    return Overlaps(gt_ids.astype(np.int64), pred_ids.astype(np.int64), gt_area.astype(np.int64),
+                    pred_area.astype(np.int64), rows.astype(np.int64), cols.astype(np.int64),
+                    inter.astype(np.int64))
