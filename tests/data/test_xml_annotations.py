@@ -39,7 +39,8 @@ def _contours_xy(labels, tolerance):
             continue
         mask = np.pad(labels[box] == index, 1)
         contour = max(measure.find_contours(mask.astype(float), 0.5), key=len)
-        contour = measure.approximate_polygon(contour, tolerance)
+        if tolerance:
+            contour = measure.approximate_polygon(contour, tolerance)
         polygons.append(contour[:, ::-1] + [box[1].start - 1, box[0].start - 1])
     return polygons
 

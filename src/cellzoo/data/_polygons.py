@@ -35,7 +35,10 @@ def labels_to_polygons(labels: np.ndarray, tolerance: float = 0.0,
         padded = np.pad(mask, 1).astype(np.uint8)
         rings = []
         for contour in measure.find_contours(padded, 0.5):
-            contour = measure.approximate_polygon(contour, tolerance)
+            if len(contour) > 1 and np.array_equal(contour[0], contour[-1]):
+                contour = contour[:-1]
+            contour = (measure.approximate_polygon(contour, tolerance) if tolerance > 0
+                       else _drop_collinear(contour))
             if len(contour) > 1 and np.array_equal(contour[0], contour[-1]):
                 contour = contour[:-1]
             if len(contour) < 3:
@@ -46,6 +49,17 @@ def labels_to_polygons(labels: np.ndarray, tolerance: float = 0.0,
         if rings:
             result.append((index, rings))
     return result
+
+
+def _drop_collinear(ring: np.ndarray) -> np.ndarray:
+    """Remove vertices where a closed ring runs straight on. (approximate_polygon(…, 0) does the same but
+    its first call imports scipy.signal, ~3 s.)"""
+    if len(ring) < 3:
+        return ring
+    before = ring - np.roll(ring, 1, axis=0)
+    after = np.roll(ring, -1, axis=0) - ring
+    turn = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
+    return ring[np.abs(turn) > 1e-9]
 
 
 def ring_pixels(ring_xy: np.ndarray, shape: tuple[int, int], center: float = CORNER_CENTER
