@@ -130,5 +130,7 @@ def read_export_metadata(path: str | os.PathLike) -> dict[str, Any]:
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
         return json.loads(props["cellzoo"])
     files = {"cellzoo.json": ""}
-    torch.jit.load(str(path), _extra_files=files, map_location="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit deprecation notice
+        torch.jit.load(str(path), _extra_files=files, map_location="cpu")
     return json.loads(files["cellzoo.json"])
