@@ -12,13 +12,21 @@ from torch import nn
 # ----------------------------------------------------------------------------- losses
 
 
-def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-3,
+                   ignore_index: int | None = None) -> torch.Tensor:
     """1 − soft Dice per channel, averaged over channels (RepSNet's form, eps 1e-3).
 
-    ``probs``: B×C×H×W probabilities; ``target``: B×H×W class ids in [0, C).
-    Sums run over the whole batch, as in the original.
+    ``probs``: B×C×H×W probabilities; ``target``: B×H×W class ids in [0, C), or ``ignore_index`` for
+    pixels whose class is unknown (left out of every sum). Sums run over the whole batch, as in the original.
     """
-    onehot = F.one_hot(target.long(), num_classes=probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    target = target.long()
+    if ignore_index is not None:
+        valid = (target != ignore_index).unsqueeze(1).to(probs.dtype)
+        probs = probs * valid
+        target = torch.where(target == ignore_index, torch.zeros_like(target), target)
+    onehot = F.one_hot(target, num_classes=probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    if ignore_index is not None:
+        onehot = onehot * valid
     dims = (0, 2, 3)
     intersection = (probs * onehot).sum(dims)
     total = probs.sum(dims) + onehot.sum(dims)
@@ -26,11 +34,14 @@ def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-3)
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
-               weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Multi-class focal loss (1 − p_t)^γ · CE, mean over pixels (p_t from the weighted CE, as the original)."""
-    ce = F.cross_entropy(logits, target.long(), weight=weight, reduction="none")
+               weight: torch.Tensor | None = None, ignore_index: int = -100) -> torch.Tensor:
+    """Multi-class focal loss (1 − p_t)^γ · CE, mean over pixels (p_t from the weighted CE, as the original);
+    pixels labelled ``ignore_index`` are left out of the mean."""
+    target = target.long()
+    ce = F.cross_entropy(logits, target, weight=weight, reduction="none", ignore_index=ignore_index)
     pt = torch.exp(-ce)
-    return ((1.0 - pt) ** gamma * ce).mean()
+    valid = target != ignore_index
+    return ((1.0 - pt) ** gamma * ce)[valid].sum() / valid.sum().clamp(min=1)
 
 
 # ----------------------------------------------------------------------------- re-parameterisation

@@ -25,7 +25,7 @@ from scipy import ndimage
 from torch import nn
 
 from ..types import Instances
-from ._dense_common import (LRUD, check_label_map, class_names_for, focal_loss, fold_bn,
+from ._dense_common import (LRUD, check_label_map, class_names_for, direction_permutation, focal_loss, fold_bn,
                             mean_per_label, relabel_consecutive, soft_dice_loss)
 from .base import CellModel
 
@@ -37,6 +37,9 @@ DEFAULT_FILTERS = {"S": (64, 128, 256, 512), "L": (96, 192, 384, 768, 1536)}
 DEFAULT_LOSS_WEIGHTS = {"nucleus_ce": 1.0, "nucleus_dice": 1.0, "type_ce": 1.0, "type_dice": 1.0,
                         "type_focal": 2.0, "distance": 1.0}
 
+
+#: type-target value for nuclei whose class is unknown (ignored by the type losses)
+UNKNOWN_TYPE = 255
 
 @dataclass
 class RepSNetConfig:
@@ -457,6 +460,16 @@ class RepSNet(CellModel):
             out["type"] = self.type_map(x1)
         return out
 
+    def tta_transform_maps(self, maps: dict[str, torch.Tensor], op: Any) -> dict[str, torch.Tensor]:
+        """Engine hook for dihedral TTA: ``maps`` were predicted on an image flipped left-right (``op.flip``)
+        then rotated ``op.k`` quarter turns, and already mapped back spatially; re-order the distance
+        channels so that each again measures left, right, up, down of the original image."""
+        out = dict(maps)
+        for name, directions in self.direction_maps.items():
+            if name in out:
+                out[name] = out[name][:, direction_permutation(directions, int(op.k), bool(op.flip))]
+        return out
+
     def reparameterize(self) -> "RepSNet":
         """Fold every RepVGG unit into one biased 3×3 conv and every RepUpsample pair into one transposed
         conv, in place; afterwards the state_dict has the authors' deploy layout and
@@ -506,11 +519,13 @@ class RepSNet(CellModel):
         out = {"nucleus": (labels > 0).astype(np.uint8),
                "distance": np.sqrt(distance_targets(labels))}
         if self.has_type_head:
-            if classes is None:
-                raise ValueError(f"this RepSNet has a type head ({self.config.num_classes} classes) and needs "
-                                 "class maps for training; give classes or use num_classes=2")
-            type_map = np.where(labels > 0, np.asarray(classes), 0)
-            if type_map.max(initial=0) >= self.config.num_classes:
+            # Without a class map (e.g. MoNuSeg mixed into a typed training set) the nuclei's types are
+            # unknown: they are ignored by the type losses, while background pixels still count.
+            known = np.asarray(classes) if classes is not None else UNKNOWN_TYPE
+            type_map = np.where(labels > 0, known, 0)
+            if classes is not None and type_map.max(initial=0) == UNKNOWN_TYPE:
+                type_map = np.where(type_map == UNKNOWN_TYPE, 0, type_map)
+            if classes is not None and type_map.max(initial=0) >= self.config.num_classes:
                 raise ValueError(f"class map holds class {int(type_map.max())} but the model has "
                                  f"{self.config.num_classes} classes (incl. background)")
             out["type"] = type_map.astype(np.uint8)
@@ -526,9 +541,13 @@ class RepSNet(CellModel):
             type_true = targets["type"].long()
             logits = outputs["type"].float()
             weight = self.type_class_weights
-            terms["type_ce"] = F.cross_entropy(logits, type_true, weight=weight)
-            terms["type_dice"] = soft_dice_loss(logits.softmax(1), type_true)
-            terms["type_focal"] = focal_loss(logits, type_true, self.config.focal_gamma, weight)
+            if (type_true != UNKNOWN_TYPE).any():
+                terms["type_ce"] = F.cross_entropy(logits, type_true, weight=weight, ignore_index=UNKNOWN_TYPE)
+            else:  # a batch without any known type: keep the graph, contribute nothing
+                terms["type_ce"] = logits.sum() * 0.0
+            terms["type_dice"] = soft_dice_loss(logits.softmax(1), type_true, ignore_index=UNKNOWN_TYPE)
+            terms["type_focal"] = focal_loss(logits, type_true, self.config.focal_gamma, weight,
+                                             ignore_index=UNKNOWN_TYPE)
         # SmoothL1 on nucleus pixels (sqrt scale) + mean prediction on background pixels (pushes it to 0)
         pred = outputs["distance"].float().permute(0, 2, 3, 1)
         true = targets["distance"].float().permute(0, 2, 3, 1)
