@@ -238,3 +238,35 @@ def test_losses_decrease_on_a_real_consep_crop(shared_data):
                                "distance", "total"}
     for key in ("total", "nucleus_ce", "type_ce", "distance"):
         assert history[-1][key] < 0.8 * history[0][key], key
+
+
+def _distance_net(labels_batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    # a "network" whose output is the exact target of its input: any TTA error shows up exactly
+    maps = [np.sqrt(distance_targets(lab.numpy().astype(np.int32))) for lab in labels_batch[:, 0]]
+    return {"distance": torch.from_numpy(np.stack(maps))}
+
+
+def test_dihedral_tta_restores_direction_channels(shared_data):
+    from cellzoo.models._dense_common import LRUD, dihedral_transforms, dihedral_tta
+
+    labels = io.imread(shared_data / "consep/train/inst/train_1_004.png").astype(np.int32)[:40, :56]
+    x = torch.from_numpy(labels)[None, None]
+    exact = _distance_net(x)["distance"]
+    for op in dihedral_transforms():
+        one = dihedral_tta(_distance_net, x, {"distance": LRUD}, transforms=[op])
+        torch.testing.assert_close(one["distance"], exact)
+    # without the channel permutation the rotated passes would disagree
+    wrong = dihedral_tta(_distance_net, x, None)
+    assert (wrong["distance"] - exact).abs().max() > 1
+
+
+def test_engine_tta_hook_agrees(shared_data):
+    from cellzoo.infer.tta import DIHEDRAL_OPS
+
+    model = RepSNet(RepSNetConfig(filters=TINY))
+    labels = io.imread(shared_data / "consep/train/inst/train_1_004.png").astype(np.int32)[:40, :56]
+    x = torch.from_numpy(labels)[None, None]
+    exact = _distance_net(x)["distance"]
+    for op in DIHEDRAL_OPS:
+        back = op.invert(_distance_net(op.apply(x))["distance"])
+        torch.testing.assert_close(model.tta_transform_maps({"distance": back}, op)["distance"], exact)
