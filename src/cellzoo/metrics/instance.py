@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .overlap import Overlaps, overlap_table
+from .overlap import Overlaps, check_label_pair, overlap_table
 
 
 def _table(gt, pred) -> Overlaps:
@@ -104,11 +104,19 @@ def aji_no_reuse(gt, pred=None) -> float:
 
 def dice(gt, pred=None) -> float:
     """Pixel (binary foreground) Dice 2|G∩P| / (|G|+|P|). Both empty -> 1.0, one empty -> 0.0."""
-    t = _table(gt, pred)
-    total = t.gt_area.sum() + t.pred_area.sum()
+    if isinstance(gt, Overlaps):
+        if pred is not None:
+            raise ValueError("pass either an Overlaps table or a (gt, pred) pair, not both")
+        both, total = gt.inter.sum(), gt.gt_area.sum() + gt.pred_area.sum()
+    else:  # pixel Dice needs no pairing, so no table either
+        if pred is None:
+            raise ValueError("a predicted instance map is required next to the ground truth")
+        g, p = check_label_pair(gt, pred)
+        g, p = g > 0, p > 0
+        both, total = np.count_nonzero(g & p), np.count_nonzero(g) + np.count_nonzero(p)
     if total == 0:
         return 1.0
-    return float(2.0 * t.inter.sum() / total)
+    return float(2.0 * both / total)
 
 
 def panoptic_quality(gt, pred=None, iou_threshold: float = 0.5) -> dict[str, float]:

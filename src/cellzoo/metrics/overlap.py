@@ -46,18 +46,6 @@ def check_label_pair(gt: np.ndarray, pred: np.ndarray, what: str = "label") -> t
     return out[0], out[1]
 
 
-def _ids_and_areas(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Object ids present (ascending, 0 excluded) and their pixel counts, in one pass."""
-    top = int(flat.max()) if flat.size else 0
-    if top <= 4 * flat.size + 1024:
-        area = np.bincount(flat, minlength=top + 1)
-        ids = np.flatnonzero(area[1:]) + 1
-        return ids, area[ids]
-    ids, area = np.unique(flat, return_counts=True)
-    keep = ids != 0
-    return ids[keep], area[keep]
-
-
 @dataclass(frozen=True)
 class Overlaps:
     """Contingency table of one GT/prediction pair, stored sparsely.
@@ -180,21 +168,30 @@ def overlap_table(gt: np.ndarray, pred: np.ndarray) -> Overlaps:
     """
     gt, pred = check_label_pair(gt, pred)
     gflat, pflat = gt.ravel(), pred.ravel()
-    gt_ids, gt_area = _ids_and_areas(gflat)
-    pred_ids, pred_area = _ids_and_areas(pflat)
-    both = (gflat > 0) & (pflat > 0)
-    gb, pb = gflat[both].astype(np.int64), pflat[both].astype(np.int64)
-    g_top = int(gt_ids[-1]) if gt_ids.size else 0
-    p_top = int(pred_ids[-1]) if pred_ids.size else 0
+    g_fg, p_fg = gflat > 0, pflat > 0
+    both = g_fg & p_fg
+    g_top = int(gflat.max()) if gflat.size else 0
+    p_top = int(pflat.max()) if pflat.size else 0
     stride = p_top + 1
-    keys = gb * stride + pb
+    keys = gflat[both].astype(np.int64) * stride + pflat[both]
     if (g_top + 1) * stride <= _DENSE_TABLE_LIMIT:
         counts = np.bincount(keys, minlength=(g_top + 1) * stride)
         keys = np.flatnonzero(counts)
         inter = counts[keys]
-    else:
+        g_raw, p_raw = np.divmod(keys, stride)
+        # area = pixels shared with some prediction + pixels alone (two small bincounts, not a full-image one)
+        g_area = np.bincount(gflat[g_fg & ~p_fg], minlength=g_top + 1)
+        g_area += np.bincount(g_raw, weights=inter, minlength=g_top + 1).astype(np.int64)
+        p_area = np.bincount(pflat[p_fg & ~g_fg], minlength=stride)
+        p_area += np.bincount(p_raw, weights=inter, minlength=stride).astype(np.int64)
+        gt_ids = np.flatnonzero(g_area[1:]) + 1
+        pred_ids = np.flatnonzero(p_area[1:]) + 1
+        gt_area, pred_area = g_area[gt_ids], p_area[pred_ids]
+    else:  # ids too large for a dense count: sort instead
         keys, inter = np.unique(keys, return_counts=True)
-    g_raw, p_raw = np.divmod(keys, stride)
+        g_raw, p_raw = np.divmod(keys, stride)
+        gt_ids, gt_area = np.unique(gflat[g_fg], return_counts=True)
+        pred_ids, pred_area = np.unique(pflat[p_fg], return_counts=True)
     rows = np.searchsorted(gt_ids, g_raw)
     cols = np.searchsorted(pred_ids, p_raw)
     return Overlaps(gt_ids.astype(np.int64), pred_ids.astype(np.int64), gt_area.astype(np.int64),
