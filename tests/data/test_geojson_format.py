@@ -44,12 +44,21 @@ def test_small_real_patch_round_trip_is_exact(consep_patch):
     filled = _holes_filled(truth)
     labels, classes, names = read_geojson(labels_to_geojson(filled, truth_classes), shape=truth.shape)
     assert same_partition(labels, filled)
-    assert names[0] == "background" and len(names) == 5  # class_1..class_4 in order of appearance
-    # class ids follow the order names appear in the file; map back by name to compare
-    by_name = {name: k for k, name in enumerate(names)}
-    expected = np.vectorize(lambda c: by_name.get(f"class_{c}", 0))(truth_classes)
+    assert names == ["background", "class_1", "class_2", "class_3", "class_4"]  # ids kept via properties.class_id
     both = (filled > 0) & (labels > 0)
-    assert np.mean(classes[both] == expected[both]) > 0.99
+    assert np.mean(classes[both] == truth_classes[both]) > 0.99
+
+
+def test_known_class_lists_fix_ids_of_foreign_files(consep_patch):
+    _, truth, truth_classes = consep_patch
+    data = labels_to_geojson(truth, truth_classes, CONSEP_CLASS_NAMES)
+    for feature in data["features"]:
+        del feature["properties"]["class_id"]  # as in a file edited in QuPath
+    data["features"].reverse()  # names now appear in another order
+    labels, classes, names = read_geojson(data, shape=truth.shape)
+    assert names == CONSEP_CLASS_NAMES
+    both = (truth > 0) & (labels > 0)
+    assert np.mean(classes[both] == truth_classes[both]) > 0.99
 
 
 def test_qupath_export_with_hole_multipolygon_colorrgb_and_points():

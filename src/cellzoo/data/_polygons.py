@@ -134,3 +134,21 @@ def class_names_or_default(class_names: list[str] | None, max_class: int) -> lis
     while len(names) <= max_class:
         names.append("nucleus" if len(names) == 1 and max_class == 1 else f"class_{len(names)}")
     return names
+
+
+#: Class lists of the shared datasets; a file whose class names all belong to one of them gets its ids.
+KNOWN_CLASS_NAMES = (
+    ["background", "epithelial", "lymphocyte", "neutrophil", "macrophage"],          # MoNuSAC
+    ["background", "other", "inflammatory", "epithelial", "spindle-shaped"],         # CoNSeP (4 types)
+)
+
+
+def default_class_names(names_seen: Iterable[str]) -> list[str]:
+    """Class names for a file that gives names but no ids: a known dataset's list when every name is in
+    it (case-insensitive), else background followed by the names in order of appearance."""
+    seen = list(dict.fromkeys(n for n in names_seen if n))
+    lowered = {n.lower() for n in seen}
+    for known in KNOWN_CLASS_NAMES:
+        if seen and lowered <= {k.lower() for k in known[1:]}:
+            return list(known)
+    return ["background"] + seen

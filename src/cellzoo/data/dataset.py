@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from cellzoo._paths import shared_data
+from cellzoo.data import _polygons
 from cellzoo.data import coco as coco_format
 from cellzoo.data import geojson as geojson_format
 from cellzoo.data import xml_annotations
@@ -24,7 +25,7 @@ from cellzoo.data.sample import Sample
 #: Suffixes that label / class files may add to the image's stem (``img_label.png`` pairs with ``img.png``).
 PAIRING_SUFFIXES = ("_instances", "_instance", "_classes", "_class", "_labels", "_label", "_inst",
                     "_masks", "_mask")
-CONSEP_CLASS_NAMES = ["background", "other", "inflammatory", "epithelial", "spindle-shaped"]
+CONSEP_CLASS_NAMES = list(_polygons.KNOWN_CLASS_NAMES[1])
 MONUSAC_CLASS_NAMES = list(xml_annotations.MONUSAC_CLASS_NAMES)
 NUCLEUS_CLASS_NAMES = ["background", "nucleus"]
 SHARED_DATASETS = ("monuseg2018", "consep", "consep_stitched", "dsb2018", "monusac_sample")
@@ -382,8 +383,10 @@ class Dataset(Sequence):
 
 
 def _scan_class_names(paths: Sequence[Path], kind: str) -> list[str]:
-    """Class names used anywhere in the annotation files, so ids agree across samples."""
-    seen: dict[str, str] = {}
+    """Class names used anywhere in the annotation files, so ids agree across samples (the same rules
+    as reading one file: stored class ids, a shared dataset's list, else order of appearance)."""
+    names: list[str] = []
+    ids: list = []
     for path in paths:
         if kind == "geojson":
             try:
@@ -391,9 +394,9 @@ def _scan_class_names(paths: Sequence[Path], kind: str) -> list[str]:
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path} is not valid JSON ({exc}).") from exc
             for feature in geojson_format._features(data, path.name):
-                name = geojson_format._class_name((feature or {}).get("properties") or {})
-                if name:
-                    seen.setdefault(name.lower(), name)
+                properties = (feature or {}).get("properties") or {}
+                names.append(geojson_format._class_name(properties))
+                ids.append(properties.get("class_id"))
         else:
             import xml.etree.ElementTree as ET
 
@@ -401,15 +404,14 @@ def _scan_class_names(paths: Sequence[Path], kind: str) -> list[str]:
                 root = ET.parse(path).getroot()
             except ET.ParseError as exc:
                 raise ValueError(f"{path} is not well-formed XML ({exc}).") from exc
-            for annotation in root.iter("Annotation"):
-                name = xml_annotations._annotation_class(annotation)
-                if name:
-                    seen.setdefault(name.lower(), name)
-    if kind == "xml" and all(n in {c.lower() for c in MONUSAC_CLASS_NAMES[1:]} for n in seen):
-        return list(MONUSAC_CLASS_NAMES)
-    if not seen:
+            names.extend(xml_annotations._annotation_class(a) for a in root.iter("Annotation"))
+    if kind == "geojson":
+        from_ids = geojson_format._names_from_ids([(n, None, None) for n in names], ids)
+        if from_ids:
+            return from_ids
+    if not any(names):
         return list(NUCLEUS_CLASS_NAMES)
-    return ["background"] + list(seen.values())
+    return _polygons.default_class_names(names)
 
 
 # ----------------------------------------------------------------------------- shared datasets

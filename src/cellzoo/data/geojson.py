@@ -51,6 +51,7 @@ def labels_to_geojson(labels: np.ndarray, classes: np.ndarray | None = None, cla
         cls = class_of.get(index, 0)
         if cls:
             properties["classification"] = {"name": names[cls], "color": list(_PALETTE[(cls - 1) % len(_PALETTE)])}
+            properties["class_id"] = int(cls)  # our own key (QuPath ignores it): keeps ids on reading back
         features.append({"type": "Feature", "id": str(uuid.uuid4()), "geometry": geometry,
                          "properties": properties})
     return {"type": "FeatureCollection", "features": features}
@@ -103,13 +104,32 @@ def _class_name(properties: dict) -> str:
     return str(classification or "")
 
 
+def _names_from_ids(objects: list, ids: list) -> list[str] | None:
+    """Class names placed at the ``class_id`` our writer stores, when every classified feature has a
+    consistent one; else None."""
+    by_id: dict[int, str] = {}
+    for (name, _, _), cls in zip(objects, ids):
+        if not name:
+            continue
+        if not isinstance(cls, int) or not 0 < cls < 256 or by_id.get(cls, name).lower() != name.lower():
+            return None
+        by_id[cls] = name
+    if not by_id or len({n.lower() for n in by_id.values()}) != len(by_id):
+        return None
+    names = ["background"] + [f"class_{k}" for k in range(1, max(by_id) + 1)]
+    for cls, name in by_id.items():
+        names[cls] = name
+    return names
+
+
 def read_geojson(source: str | os.PathLike | dict | list, shape: tuple[int, int] | None = None,
                  class_names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """Rasterise polygon features to ``(labels int32, classes uint8 or None, class_names)``.
 
     Features are painted in file order (a later one wins where they overlap); holes are cleared.
     Class ids follow ``class_names`` (case-insensitive; new names appended in order of appearance);
-    unclassified features get class 0, and a file with no classifications gives ``classes=None``.
+    without it, the ``class_id`` our writer stores, else a shared dataset's class list when every name is
+    in it (MoNuSAC, CoNSeP), else order of appearance. Unclassified features get class 0, and a file with no classifications gives ``classes=None``.
     Features without an area (points, lines) are skipped with a warning.
     """
     if isinstance(source, (dict, list)):
@@ -124,6 +144,7 @@ def read_geojson(source: str | os.PathLike | dict | list, shape: tuple[int, int]
             raise ValueError(f"{path.name} is not valid JSON ({exc}).") from exc
         where = path.name
     objects: list[tuple[str, list[np.ndarray], list[np.ndarray]]] = []
+    ids_written: list = []
     skipped = 0
     for feature in _features(data, where):
         if not isinstance(feature, dict):
@@ -137,10 +158,16 @@ def read_geojson(source: str | os.PathLike | dict | list, shape: tuple[int, int]
             holes = [np.asarray(h, dtype=float)[:, :2] for p in polygons for h in p[1:]]
         except (ValueError, IndexError, TypeError) as exc:
             raise ValueError(f"{where}: malformed polygon coordinates ({exc}).") from exc
-        objects.append((_class_name(feature.get("properties") or {}), exteriors, holes))
+        properties = feature.get("properties") or {}
+        objects.append((_class_name(properties), exteriors, holes))
+        ids_written.append(properties.get("class_id"))
     if skipped:
         warnings.warn(f"{where}: skipped {skipped} feature(s) without a polygon (points or lines).", stacklevel=2)
-    class_names = list(class_names) if class_names else ["background"]
+    if class_names:
+        class_names = list(class_names)
+    else:
+        class_names = (_names_from_ids(objects, ids_written)
+                       or _polygons.default_class_names(name for name, _, _ in objects))
     lookup = {n.lower(): k for k, n in enumerate(class_names)}
     for name, _, _ in objects:
         if name and name.lower() not in lookup:

@@ -18,7 +18,7 @@ from cellzoo._atomic import atomic_write_bytes
 from cellzoo.data import _polygons
 
 #: MoNuSAC's classes in the order used by the shared ``monusac_sample`` class maps.
-MONUSAC_CLASS_NAMES = ["background", "epithelial", "lymphocyte", "neutrophil", "macrophage"]
+MONUSAC_CLASS_NAMES = list(_polygons.KNOWN_CLASS_NAMES[0])
 #: Attribute names that mean "no class" (MoNuSeg writes ``Description``).
 _UNCLASSIFIED = {"", "description"}
 #: Vertex coordinates are pixel indices.
@@ -46,8 +46,8 @@ def read_xml_annotations(path: str | os.PathLike, shape: tuple[int, int] | None 
 
     Returns ``(labels int32, classes uint8 or None, class_names)``. ``shape`` is the image's (H, W);
     without it the map just covers every vertex. Class ids follow ``class_names`` (matched
-    case-insensitively; names not in it are appended); by default MoNuSAC's order when every name is a
-    MoNuSAC class, else order of appearance. Files without class names give ``classes=None``.
+    case-insensitively; names not in it are appended); by default MoNuSAC's (or CoNSeP's) order when every
+    name is one of its classes, else order of appearance. Files without class names give ``classes=None``.
     """
     path = Path(path)
     if not path.is_file():
@@ -68,11 +68,7 @@ def read_xml_annotations(path: str | os.PathLike, shape: tuple[int, int] | None 
             if len(ring) >= 3:
                 objects.append((name, ring))
     names_seen = list(dict.fromkeys(name for name, _ in objects if name))
-    if class_names is None:
-        known = {n.lower() for n in MONUSAC_CLASS_NAMES[1:]}
-        class_names = (list(MONUSAC_CLASS_NAMES) if all(n.lower() in known for n in names_seen)
-                       else ["background"])
-    class_names = list(class_names)
+    class_names = list(class_names) if class_names is not None else _polygons.default_class_names(names_seen)
     lookup = {n.lower(): k for k, n in enumerate(class_names)}
     for name in names_seen:
         if name.lower() not in lookup:
