@@ -63,6 +63,9 @@ def test_evaluate_accepts_arrays_stacks_and_instances(tmp_path: Path):
     assert stack.per_image[1]["pq"] == 1.0
     inst = evaluate([GT_A], [Instances(labels=PRED_A, scores={1: 0.9, 2: 0.8, 4: 0.1})])
     assert inst.per_image[0]["aji"] == pytest.approx(0.5)
+    typed = Instances(labels=PRED_A, class_of={1: 1, 2: 1, 4: 2}, class_names=["background", "x", "y"])
+    assert "pq_1" not in evaluate([GT_A], [typed]).per_image[0]  # GT without classes: class metrics skipped
+    assert evaluate([GT_A], [typed], [GT_CLS_A]).per_image[0]["pq_1"] == pytest.approx(0.375)
     with pytest.raises(ValueError, match="one prediction per GT"):
         evaluate([GT_A, GT_A], [PRED_A])
 

@@ -303,8 +303,9 @@ def evaluate_iter(pairs: Iterable[Any], *, class_names: Sequence[str] | None = N
         pred, pred_cls_inline, scores = _as_labels(pair.pred)
         gt_classes = _as_classes(pair.gt_classes)
         pred_classes = _as_classes(pair.pred_classes)
-        pred_classes = pred_classes if pred_classes is not None else pred_cls_inline
         gt_classes = gt_classes if gt_classes is not None else gt_cls_inline
+        if pred_classes is None and gt_classes is not None:
+            pred_classes = pred_cls_inline  # an Instances' own classes count only when the GT has classes
         has = gt_classes is not None and pred_classes is not None
         if (gt_classes is None) != (pred_classes is None):
             raise ValueError(f"image {pair.name}: per-class metrics need both class maps (or neither)")
