@@ -11,7 +11,7 @@ from skimage import io
 from torch import nn
 
 from cellzoo.models import build_model
-from cellzoo.models.repsnet import RepSNet, RepSNetConfig, boundary_votes, distance_targets
+from cellzoo.models.repsnet import UNKNOWN_TYPE, RepSNet, RepSNetConfig, boundary_votes, distance_targets
 
 TINY = (8, 16, 32, 64)
 
@@ -117,8 +117,8 @@ def test_targets_and_errors():
     t = model.targets(labels, classes)
     assert t["nucleus"].sum() == 12 and t["type"].max() == 2
     np.testing.assert_allclose(t["distance"][0, 3, 2:6], np.sqrt([1, 2, 3, 4]))
-    with pytest.raises(ValueError, match="class maps"):
-        model.targets(labels, None)
+    # without a class map, nuclei get the "unknown type" id that the type losses ignore
+    assert set(np.unique(model.targets(labels, None)["type"])) == {0, UNKNOWN_TYPE}
     with pytest.raises(ValueError, match="class 5"):
         model.targets(labels, classes * 0 + 5)
     with pytest.raises(ValueError, match="2-D"):

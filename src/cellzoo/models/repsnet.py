@@ -26,7 +26,7 @@ from torch import nn
 
 from ..types import Instances
 from ._dense_common import (LRUD, check_label_map, class_names_for, direction_permutation, focal_loss, fold_bn,
-                            mean_per_label, relabel_consecutive, soft_dice_loss)
+                            soft_dice_loss)
 from .base import CellModel
 
 __all__ = ["RepSNetConfig", "RepSNet", "RepVggUnit", "RepUpsample", "distance_targets", "boundary_votes"]
@@ -306,9 +306,40 @@ def _filter_sizes(labels: np.ndarray, n: int, min_size: int, max_size: int) -> t
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     keep = (sizes > min_size) & (sizes <= max_size)
     keep[0] = False
-    lut = np.zeros(n + 1, np.int64)
+    lut = np.zeros(n + 1, np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1)
     return lut[labels], int(keep.sum())
+
+
+def _offsets_within(radius: float) -> np.ndarray:
+    r = int(np.floor(radius))
+    dy, dx = np.mgrid[-r:r + 1, -r:r + 1]
+    d2 = (dy ** 2 + dx ** 2).ravel()
+    order = np.argsort(d2, kind="stable")
+    keep = order[(d2[order] > 0) & (d2[order] <= radius ** 2)]
+    return np.stack([dy.ravel()[keep], dx.ravel()[keep]], 1)
+
+
+def attach_to_nearest(labels: np.ndarray, pixels: np.ndarray, radius: float) -> None:
+    """Give each ``pixels`` (bool mask) position the id of the nearest labelled pixel within ``radius``
+    (Euclidean), in place. Only the candidate pixels are visited, trying offsets in order of distance,
+    which is much cheaper than a full-image distance transform with indices."""
+    ys, xs = np.nonzero(pixels)
+    if ys.size == 0:
+        return
+    h, w = labels.shape
+    source = labels.copy()
+    found = np.zeros(ys.size, source.dtype)
+    for dy, dx in _offsets_within(radius):
+        todo = found == 0
+        if not todo.any():
+            break
+        ny, nx = ys[todo] + dy, xs[todo] + dx
+        inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+        vals = np.zeros(ny.size, source.dtype)
+        vals[inside] = source[ny[inside], nx[inside]]
+        found[todo] = vals
+    labels[ys, xs] = np.where(found > 0, found, labels[ys, xs])
 
 
 def repsnet_postprocess(nucleus_prob: np.ndarray, sqrt_distances: np.ndarray, type_prob: np.ndarray | None,
@@ -317,17 +348,15 @@ def repsnet_postprocess(nucleus_prob: np.ndarray, sqrt_distances: np.ndarray, ty
                         min_foreground_fraction: float = 0.5, foreground_threshold: float = 0.5,
                         ) -> tuple[np.ndarray, np.ndarray | None, dict[int, float]]:
     """Instances from RepSNet maps; returns (labels int32, per-instance class array or None, scores)."""
+    h, w = nucleus_prob.shape
     foreground = nucleus_prob > foreground_threshold
     boundary = boundary_votes(sqrt_distances, foreground) >= boundary_threshold
     # 4-connected components of foreground pixels that are not boundary; restricting to the
     # foreground keeps the background out, so no component needs to be discarded as "background"
     labels, n = ndimage.label(foreground & ~boundary, structure=_CROSS)
     labels, n = _filter_sizes(labels, n, min_size, max_size)
-    if n:
-        # re-attach boundary pixels to the nearest instance pixel within reattach_distance
-        dist, (iy, ix) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
-        attach = boundary & (labels == 0) & (dist <= reattach_distance)
-        labels[attach] = labels[iy[attach], ix[attach]]
+    # re-attach boundary pixels to the nearest instance pixel within reattach_distance
+    attach_to_nearest(labels, boundary & (labels == 0), reattach_distance)
     # recover nuclei the boundaries missed: foreground components mostly not covered by instances
     comps, m = ndimage.label(foreground, structure=_CROSS)
     if m:
@@ -336,7 +365,7 @@ def repsnet_postprocess(nucleus_prob: np.ndarray, sqrt_distances: np.ndarray, ty
         new = (sizes > min_size) & (sizes <= max_size) & (covered < recover_overlap * sizes)
         new[0] = False
         if new.any():
-            lut = np.zeros(m + 1, np.int64)
+            lut = np.zeros(m + 1, np.int32)
             lut[new] = n + np.arange(1, int(new.sum()) + 1)
             fill = (labels == 0) & (lut[comps] > 0)
             labels[fill] = lut[comps[fill]]
@@ -346,32 +375,43 @@ def repsnet_postprocess(nucleus_prob: np.ndarray, sqrt_distances: np.ndarray, ty
     same = ((padded[:-2, 1:-1] == labels) | (padded[2:, 1:-1] == labels)
             | (padded[1:-1, :-2] == labels) | (padded[1:-1, 2:] == labels))
     labels[~same] = 0
-    # fill holes inside instances with the surrounding id
-    holes = ndimage.binary_fill_holes(labels > 0) & (labels == 0)
-    if holes.any():
-        hole_ids, nh = ndimage.label(holes)
-        around = ndimage.grey_dilation(labels, footprint=np.ones((3, 3), bool))
-        fill_with = np.asarray(ndimage.maximum(around, hole_ids, np.arange(1, nh + 1)), np.int64)
-        labels[holes] = np.r_[0, fill_with][hole_ids[holes]]
-    labels = relabel_consecutive(labels)
-    n = int(labels.max())
-    fg_fraction = mean_per_label(foreground, labels, n)
-    keep = fg_fraction > min_foreground_fraction
+    # fill holes (background components not reaching the image border) with a neighbouring id
+    empty, k = ndimage.label(labels == 0, structure=_CROSS)
+    if k:
+        border = np.unique(np.r_[empty[0], empty[-1], empty[:, 0], empty[:, -1]])
+        is_hole = np.ones(k + 1, bool)
+        is_hole[border] = False
+        is_hole[0] = False
+        hy, hx = np.nonzero(is_hole[empty])
+        if hy.size:
+            best = np.zeros(hy.size, labels.dtype)
+            for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+                ny, nx = np.clip(hy + dy, 0, h - 1), np.clip(hx + dx, 0, w - 1)
+                best = np.maximum(best, labels[ny, nx])
+            fill_with = np.zeros(k + 1, labels.dtype)
+            np.maximum.at(fill_with, empty[hy, hx], best)
+            labels[hy, hx] = fill_with[empty[hy, hx]]
+    # per-instance statistics with one bincount each (ids may have gaps here)
+    flat = labels.ravel()
+    n = int(flat.max()) if flat.size else 0
+    area = np.bincount(flat, minlength=n + 1)
+    fg_fraction = np.bincount(flat, weights=foreground.ravel(), minlength=n + 1) / np.maximum(area, 1)
+    keep = (area > 0) & (fg_fraction > min_foreground_fraction)
     keep[0] = False
     classes = None
     if type_prob is not None:
         ncls = type_prob.shape[0]
         type_map = type_prob.argmax(0)
-        votes = np.bincount((labels.astype(np.int64) * ncls + type_map).ravel(),
+        votes = np.bincount(flat.astype(np.int64) * ncls + type_map.ravel(),
                             minlength=(n + 1) * ncls).reshape(n + 1, ncls)
         votes[:, 0] = 0
         keep &= votes.sum(1) > 0
         classes = votes.argmax(1)
-    lut = np.zeros(n + 1, np.int64)
+    score_all = np.bincount(flat, weights=nucleus_prob.ravel(), minlength=n + 1) / np.maximum(area, 1)
+    lut = np.zeros(n + 1, np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1)
-    scores_all = mean_per_label(nucleus_prob, labels, n)
-    labels = lut[labels].astype(np.int32)
-    scores = {int(lut[i]): float(scores_all[i]) for i in np.flatnonzero(keep)}
+    labels = lut[labels]
+    scores = {int(lut[i]): float(score_all[i]) for i in np.flatnonzero(keep)}
     if classes is not None:
         classes = np.r_[0, classes[keep]].astype(np.uint8)
     return labels, classes, scores
