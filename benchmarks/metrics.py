@@ -18,10 +18,14 @@ The module file is loaded directly because the package's ``__init__`` imports Op
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import io
+import tempfile
 import importlib.util
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -33,7 +37,8 @@ sys.path.insert(0, str(REPO / "src"))
 
 from cellzoo._atomic import atomic_write_text  # noqa: E402
 from cellzoo._paths import shared_data  # noqa: E402
-from cellzoo.data.io import read_class_map, read_labels  # noqa: E402
+from cellzoo.cli import main as cellzoo_cli  # noqa: E402
+from cellzoo.data.io import read_class_map, read_labels, write_labels  # noqa: E402
 from cellzoo.metrics import (aji, aji_no_reuse, aji_plus, class_f1_counts, class_pq_counts, coco_ap,  # noqa: E402
                              detection_scores, dice, dsb_map, glas_object_metrics, overlap_table,
                              panoptic_quality, perturb_labels)
@@ -78,6 +83,10 @@ def main(argv=None) -> int:
     equal: dict[str, list[float]] = {}  # max |ours - theirs| per metric
     values: dict[str, list[float]] = {}
     n_objects = []
+    hv_values: dict[str, list[float]] = {}
+    pred_dir = Path(tempfile.mkdtemp(prefix="cellzoo-bench-pred-"))
+    all_files = len(files) == len(list(files[0].parent.glob("*.png")))
+    gt_dir = files[0].parent if all_files else Path(tempfile.mkdtemp(prefix="cellzoo-bench-gt-"))
 
     def record(table, key, seconds):
         table.setdefault(key, []).append(seconds)
@@ -85,6 +94,9 @@ def main(argv=None) -> int:
     for seed, f in enumerate(files):
         gt = read_labels(f)
         pred = perturb_labels(gt, seed)
+        write_labels(pred_dir / f"{f.stem}_instances.tif", pred)  # for the CLI run below
+        if not all_files:
+            write_labels(gt_dir / f.name, gt)
         n_objects.append((len(np.unique(gt)) - 1, len(np.unique(pred)) - 1))
 
         def four():
@@ -117,9 +129,12 @@ def main(argv=None) -> int:
                                    ("Dice (pixel)", lambda: hv.get_dice_1(gt, pred), d)):
                 s, v = best_time(fn, 1)
                 record(theirs, name, s)
+                hv_values.setdefault(name, []).append(float(v))
                 equal.setdefault(name, []).append(abs(float(v) - mine))
             s, (stats, _) = best_time(lambda: hv.get_fast_pq(gt, pred), 1)
             record(theirs, "DQ/SQ/PQ", s)
+            for key, v in zip(("dq", "sq", "pq"), stats):
+                hv_values.setdefault(key, []).append(float(v))
             # HoVer-Net adds 1e-6 to SQ's denominator (TP + 1e-6); everything else is identical
             equal.setdefault("DQ/SQ/PQ", []).append(max(abs(stats[0] - pq["dq"]), abs(stats[1] - pq["sq"]),
                                                         abs(stats[2] - pq["pq"])))
@@ -129,6 +144,22 @@ def main(argv=None) -> int:
               f"ours 4 metrics {ours['AJI + AJI+ + Dice + PQ (one table)'][-1]:.4f} s"
               + (f", HoVer-Net {theirs['AJI + AJI+ + Dice + PQ (one table)'][-1]:.2f} s" if hv else ""),
               flush=True)
+
+    # the CLI on the same pairs: its printed image means must equal HoVer-Net's means
+    captured = io.StringIO()
+    cli_args = ["evaluate", "--gt", str(gt_dir), "--pred", str(pred_dir), "--quiet"]
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(captured):
+        rc = cellzoo_cli(cli_args)
+    cli_seconds = time.perf_counter() - start
+    if rc != 0:
+        raise SystemExit(f"cellzoo evaluate failed with exit code {rc}")
+    printed = {}
+    for line in captured.getvalue().splitlines():
+        parts = line.split()
+        if len(parts) == 2 and line.startswith("  "):
+            printed[parts[0]] = float("nan") if parts[1] == "n/a" else float(parts[1])
+    hv_key = {"aji": "AJI", "aji_plus": "AJI+", "dice": "Dice (pixel)", "dq": "dq", "sq": "sq", "pq": "pq"}
 
     # typed nuclei: CoNSeP stitched test tiles (4 types), GT vs perturbed copy with GT classes
     consep = shared_data() / "consep" / "stitched" / "test"
@@ -141,6 +172,9 @@ def main(argv=None) -> int:
         s, _ = best_time(lambda: class_f1_counts(gt, pred, gcls, pcls, 4), args.repeat)
         record(ours, "per-class F1 counts (CoNSeP, 4 types)", s)
     load_end = os.getloadavg()
+    shutil.rmtree(pred_dir, ignore_errors=True)
+    if not all_files:
+        shutil.rmtree(gt_dir, ignore_errors=True)
 
     # ------------------------------------------------------------------ report
     tolerance = {"AJI": 1e-12, "AJI+": 1e-12, "Dice (pixel)": 1e-12, "DQ/SQ/PQ": 1e-6}
@@ -177,6 +211,30 @@ def main(argv=None) -> int:
         else:
             lines.append(f"| {name} | {mine:.4f} | – | – | – |")
     lines += [
+        "",
+        f"## `cellzoo evaluate` on the same {len(files)} pairs",
+        "",
+        f"`cellzoo evaluate --gt {'../shared/data/monuseg2018/labels/test' if all_files else '<copies of the GT files>'} "
+        "--pred <perturbed copy>` "
+        f"took {cli_seconds:.1f} s in all (reading files and COCO AP included). Printed means vs the mean "
+        "of HoVer-Net's per-image values:",
+        "",
+        "| metric | printed | HoVer-Net mean | abs diff | equal (1e-6)? |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for key, name in hv_key.items():
+        if hv is None or name not in hv_values:
+            lines.append(f"| {key} | {printed.get(key, float('nan')):.6f} | – | – | – |")
+            continue
+        ref = float(np.mean(hv_values[name]))
+        diff = abs(printed[key] - ref)
+        ok = diff <= 1e-6
+        all_equal &= ok
+        lines.append(f"| {key} | {printed[key]:.6f} | {ref:.9f} | {diff:.1e} | {'yes' if ok else '**NO**'} |")
+    lines += [
+        "",
+        "Dataset-level values printed by the CLI: " + ", ".join(
+            f"{k} {printed[k]:.4f}" for k in ("ap", "ap50", "ap75") if k in printed) + ".",
         "",
         "Mean values over the images (ours): " + ", ".join(f"{k} {np.mean(v):.4f}" for k, v in values.items()) + ".",
         "",
