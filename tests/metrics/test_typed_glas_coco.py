@@ -140,3 +140,13 @@ def test_coco_ap_equals_plain_pycocotools_on_dsb2018(shared_data: Path):
     assert ours["ap"] == pytest.approx(reference.stats[0], abs=1e-9)
     assert ours["ap50"] == pytest.approx(reference.stats[1], abs=1e-9)
     assert ours["ap75"] == pytest.approx(reference.stats[2], abs=1e-9)
+
+
+def test_coco_ap_without_faster_coco_eval_gives_the_same(monkeypatch, shared_data: Path):
+    gt = read_labels(sorted((shared_data / "dsb2018" / "test" / "masks").glob("*.tif"))[1])
+    pred = perturb_labels(gt, 5)
+    fast = coco_ap(gt, pred)
+    monkeypatch.setitem(__import__("sys").modules, "faster_coco_eval", None)  # import now fails
+    plain = coco_ap(gt, pred)
+    assert 0 < fast["ap"] < 1
+    assert plain == pytest.approx(fast, abs=1e-9)

@@ -135,8 +135,6 @@ def coco_ap_images(images: Sequence[CocoImage], max_dets: Sequence[int] = DEFAUL
     NaN when no image holds a GT object (COCO reports -1 there); 0.0 when GT objects exist
     but nothing was predicted.
     """
-    from faster_coco_eval import COCO, COCOeval_faster
-
     max_dets = sorted(int(m) for m in max_dets)
     if not max_dets or max_dets[-1] < 1:
         raise ValueError(f"max_dets must hold positive detection limits, got {max_dets}")
@@ -146,9 +144,19 @@ def coco_ap_images(images: Sequence[CocoImage], max_dets: Sequence[int] = DEFAUL
     if not dets:
         return {"ap": 0.0, "ap50": 0.0, "ap75": 0.0}
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO(gt_dict)
-        coco_dt = coco_gt.loadRes(dets)
-        evaluator = COCOeval_faster(coco_gt, coco_dt, iouType="segm", rle_iou_max_workers=1)
+        try:
+            from faster_coco_eval import COCO, COCOeval_faster
+        except ImportError:  # same algorithm in plain pycocotools, several times slower
+            from pycocotools.coco import COCO as COCO_plain
+            from pycocotools.cocoeval import COCOeval
+
+            coco_gt = COCO_plain()
+            coco_gt.dataset = gt_dict
+            coco_gt.createIndex()
+            evaluator = COCOeval(coco_gt, coco_gt.loadRes(dets), "segm")
+        else:
+            coco_gt = COCO(gt_dict)
+            evaluator = COCOeval_faster(coco_gt, coco_gt.loadRes(dets), iouType="segm", rle_iou_max_workers=1)
         evaluator.params.maxDets = max_dets
         evaluator.evaluate()
         evaluator.accumulate()
