@@ -27,12 +27,28 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Generator
 from typing import Any
 
 from cellzoo.types import CancelToken, Cancelled, Progress
 
 log = logging.getLogger(__name__)
+
+
+def block_triton_after_gl() -> None:
+    """Keep torch from importing triton inside napari.
+
+    Building a torch optimizer imports ``torch._dynamo``, which imports triton when installed. triton's
+    native library bundles LLVM; once napari has an OpenGL context on Mesa (llvmpipe, radeonsi), which
+    loaded its own LLVM, that import segfaults the whole process (reproduced under Xvfb). cellzoo never
+    uses ``torch.compile``, so inside napari torch simply runs as if triton were not installed.
+    """
+    if "triton" not in sys.modules:
+        sys.modules["triton"] = None  # makes `import triton` raise ImportError
+
+
+block_triton_after_gl()
 
 #: Exceptions whose message is meant for the user as it is (the engine's convention).
 USER_ERRORS = (ValueError, FileNotFoundError, OSError, KeyError)
@@ -52,12 +68,17 @@ class _CancelledMarker:
 _CANCELLED = _CancelledMarker()
 
 
-def _drive(factory: JobFactory, token: CancelToken):
-    """Wrap the engine generator: stop it between events once cancelled, turn Cancelled into a marker."""
+def _drive(factory: JobFactory, token: CancelToken, cooperative: bool = False):
+    """Wrap the engine generator: stop it between events once cancelled, turn Cancelled into a marker.
+
+    ``cooperative``: leave stopping to the job itself (e.g. training finishes the step and returns
+    its best checkpoint so far instead of being cut off at the next event).
+    """
     gen = factory(token)
     try:
         while True:
-            token.raise_if_cancelled()
+            if not cooperative:
+                token.raise_if_cancelled()
             try:
                 event = next(gen)
             except StopIteration as stop:
@@ -143,11 +164,14 @@ def start_job(
     on_finished: Callable[[Job], None] | None = None,
     token: CancelToken | None = None,
     show_progress: bool = True,
+    cooperative_cancel: bool = False,
 ) -> Job:
     """Start ``factory(token)`` (an engine generator) in a thread and return its :class:`Job`.
 
     All callbacks run on the main thread. ``on_error`` is called after the error notification.
     ``on_finished(job)`` is called last in every case, so widgets re-enable their Run button there.
+    ``cooperative_cancel``: the job checks the token itself and may still return a (partial) result
+    after a cancel, which then goes to ``on_returned``; by default the job is stopped at its next event.
     """
     token = token or CancelToken()
     job = Job(description, token)
@@ -195,7 +219,7 @@ def start_job(
             on_finished(job)
 
     if sync_workers():
-        gen = _drive(factory, token)
+        gen = _drive(factory, token, cooperative_cancel)
         try:
             while True:
                 try:
@@ -214,7 +238,7 @@ def start_job(
     # notification; ours shows the engine's message instead (see handle_error).
     from superqt.utils import GeneratorWorker
 
-    worker = GeneratorWorker(_drive, factory, token)
+    worker = GeneratorWorker(_drive, factory, token, cooperative_cancel)
     worker.yielded.connect(handle_event)
     worker.returned.connect(handle_returned)
     worker.errored.connect(handle_error)
