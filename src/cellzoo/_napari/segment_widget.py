@@ -17,7 +17,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLab
 from superqt import QCollapsible
 
 from cellzoo.annotate import sync_classes
-from cellzoo.types import Progress
+from cellzoo.types import Message, Progress
 
 from ._layers import class_colors_for, legend_widget, show_segmentation
 from ._worker import mark_field, start_job
@@ -155,6 +155,8 @@ class SegmentWidget(QWidget):
         buttons.addWidget(self.cancel_button)
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
+        self.device_label = QLabel("device used: –")
+        self.device_label.setToolTip("The device the last run actually used.")
         self.legend_box = QWidget()
         self.legend_layout = QVBoxLayout(self.legend_box)
         self.legend_layout.setContentsMargins(0, 0, 0, 0)
@@ -164,6 +166,7 @@ class SegmentWidget(QWidget):
         layout.addWidget(self.advanced)
         layout.addLayout(buttons)
         layout.addWidget(self.status_label)
+        layout.addWidget(self.device_label)
         layout.addWidget(self.legend_box)
         layout.addStretch(1)
 
@@ -393,7 +396,8 @@ class SegmentWidget(QWidget):
         self.status_label.setText(f"Segmenting {layer.name} with {settings['model']} …")
         self.cancel_button.setEnabled(True)
         self.run_button.setEnabled(False)
-        self._job = start_job(job, description=f"Segmenting {layer.name}", on_returned=self._apply,
+        self._job = start_job(job, description=f"Segmenting {layer.name}", on_event=self._on_event,
+                              on_returned=self._apply,
                               on_cancelled=self._cancelled, on_error=self._failed, on_finished=self._finished)
         if self._job.running:
             self.run_button.setEnabled(False)
@@ -417,6 +421,12 @@ class SegmentWidget(QWidget):
         else:
             results = [(yield from segment_iter(model, pixels, **kwargs))]
         return {"request": request, "results": results, "class_names": model.class_names}
+
+    def _on_event(self, event) -> None:
+        if isinstance(event, Progress):
+            self.status_label.setText(f"{event.stage}: {event.done} / {event.total}")
+        elif isinstance(event, Message):
+            self.status_label.setText(event.text)
 
     def cancel(self) -> None:
         if self._job is not None and self._job.running:
@@ -477,6 +487,7 @@ class SegmentWidget(QWidget):
         seconds = sum(float(r.meta.get("seconds", 0.0)) for r in results)
         self.status_label.setText(f"{count} instances in {seconds:.1f} s · device used: {meta.get('device', '?')}"
                                   + (f" · {len(results)} planes" if len(results) > 1 else ""))
+        self.device_label.setText(f"device used: {meta.get('device', '?')}")
         self._show_legend(class_names, class_colors)
         self.last_result = {"instances_layer": inst.name, "count": count, "device": meta.get("device"),
                             "results": results}
