@@ -193,3 +193,22 @@ def test_screenshot_shows_the_widget_with_results(widget, qtbot, monkeypatch, sh
 
     write_image(SCREENSHOT.with_suffix(".png"), shot)
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+def test_3d_layers_are_evaluated_plane_by_plane(widget, monkeypatch, shared_data):
+    monkeypatch.setenv("CELLZOO_SYNC_WORKERS", "1")
+    viewer, w = widget
+    first, _ = _dsb(shared_data, 0)
+    second = first[::-1, ::-1].copy()
+    pred_second, n = _without_objects(second, 3)
+    viewer.add_labels(np.stack([first, second]), name="gt stack")
+    viewer.add_labels(np.stack([first, pred_second]), name="pred stack")
+    w.gt_layer.setCurrentText("gt stack")
+    w.pred_layer.setCurrentText("pred stack")
+    job = w.run()
+    assert job.state == "done"
+    rows = w.result.per_image
+    assert [r["image"] for r in rows] == ["gt stack [0]", "gt stack [1]"]
+    assert rows[0]["pq"] == pytest.approx(1.0)
+    assert rows[1]["pq"] == pytest.approx((n - 3) / (n - 3 + 1.5))
+    assert w.result.summary["pq"] == pytest.approx((rows[0]["pq"] + rows[1]["pq"]) / 2)

@@ -161,3 +161,43 @@ def test_fields_are_validated_before_run(make_napari_viewer, tmp_path, models_di
     assert not widget.run_button.isEnabled() and "letters, digits" in widget.new_name.toolTip()
     widget.new_name.setText("my-model")
     assert widget.run_button.isEnabled()
+
+
+def test_unavailable_device_is_marked(make_napari_viewer, models_dir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the check needs a machine without it")
+    _, widget = _setup(make_napari_viewer)
+    widget.device.setCurrentText("cuda")
+    assert not widget.run_button.isEnabled() and "no CUDA GPU" in widget.device.toolTip()
+    widget.device.setCurrentText("cpu")
+    assert widget.device.styleSheet() == ""
+
+
+def test_cancel_after_an_epoch_keeps_its_best_checkpoint(models_dir):
+    """Engine side of Cancel: the job stops between steps and still saves the best finished epoch."""
+    from cellzoo._napari.finetune_widget import finetune_job
+    from cellzoo.data.sample import Sample
+    from cellzoo.types import CancelToken, Validation, run_to_end
+    from cellzoo.zoo import read_metadata
+
+    image, labels = read_image(sample_image_path()), read_labels(sample_labels_path())
+    samples = [Sample(f"s{k}", image[y:y + 128, :128], labels[y:y + 128, :128]) for k, y in enumerate((0, 200))]
+    token = CancelToken()
+    events = []
+
+    def on_event(event):
+        events.append(event)
+        if isinstance(event, Validation):
+            token.cancel()  # the user presses Cancel once epoch 1 is validated
+
+    config = {"epochs": 4, "steps_per_epoch": 1, "batch_size": 1, "crop": 64, "val_fraction": 0.5,
+              "lr": 1e-3, "augment": "none", "scheduler": "none", "device": "cpu"}
+    outcome = run_to_end(finetune_job(BASE, samples, [], config, "kept", token), on_event)
+    assert outcome.cancelled and outcome.epochs_done == 1 and outcome.best_epoch == 1
+    assert outcome.saved_path == models_dir / "kept.safetensors"
+    meta = read_metadata(outcome.saved_path)
+    assert meta["training"]["cancelled"] is True and meta["training"]["epochs_done"] == 1
+    assert sum(isinstance(e, Validation) for e in events) == 1
+    assert not list(Path(tempfile.tempdir).glob("cellzoo-finetune-*"))

@@ -187,6 +187,9 @@ class FinetuneWidget(QWidget):
         self.crop.setSingleStep(32)
         self.crop.setValue(256)
         self.crop.setToolTip("Edge of the training tiles (px)")
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu", "cuda", "mps"])
+        self.device.setToolTip("auto uses a CUDA GPU (with mixed precision), then Apple MPS, then the CPU")
         self.augment_boxes = {name: QCheckBox(name) for name in AUGMENTATIONS}
         for name, box in self.augment_boxes.items():
             box.setChecked(name in DEFAULT_AUGMENT)
@@ -226,6 +229,7 @@ class FinetuneWidget(QWidget):
         form.addRow("Batch size", self.batch_size)
         form.addRow("Validation fraction", self.val_fraction)
         form.addRow("Tile size", self.crop)
+        form.addRow("Device", self.device)
         grid = QGridLayout()
         for index, box in enumerate(self.augment_boxes.values()):
             grid.addWidget(box, index // 3, index % 3)
@@ -257,6 +261,7 @@ class FinetuneWidget(QWidget):
         self.learning_rate.textChanged.connect(self.validate)
         self.new_name.textChanged.connect(self.validate)
         self.val_fraction.valueChanged.connect(self.validate)
+        self.device.currentIndexChanged.connect(self.validate)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         events = self.viewer.layers.events
@@ -413,6 +418,15 @@ class FinetuneWidget(QWidget):
             return f"You already have a model called {name!r}; choose a new name (or delete the old one)."
         return None
 
+    def _device_problem(self) -> str | None:
+        from cellzoo.infer.device import select_device
+
+        try:
+            select_device(self.device.currentText())
+        except ValueError as exc:
+            return str(exc).replace("use --device cpu or auto", "choose cpu or auto")
+        return None
+
     def n_images(self) -> int:
         return len(self.checked_pairs()) + sum(self._folder_counts.get(str(p), 0) for p in self.folder_paths())
 
@@ -424,6 +438,7 @@ class FinetuneWidget(QWidget):
             self.learning_rate: None if self._learning_rate() is not None else
             "Learning rate must be a number between 0 and 1, e.g. 1e-4.",
             self.new_name: self._name_problem(),
+            self.device: self._device_problem(),
             self.pairs: None if n else "Tick an image + labels pair or add a training-set folder.",
             self.val_fraction: None if self.val_fraction.value() == 0 or n >= 2 else
             "Validation needs at least 2 images (one to train on); add data or set it to 0.",
@@ -455,7 +470,7 @@ class FinetuneWidget(QWidget):
         return {"epochs": self.epochs.value(), "steps_per_epoch": self.steps.value() or None,
                 "batch_size": self.batch_size.value(), "lr": self._learning_rate(),
                 "val_fraction": self.val_fraction.value(), "crop": self.crop.value(),
-                "augment": augment or "none", "scheduler": "none",
+                "augment": augment or "none", "scheduler": "none", "device": self.device.currentText(),
                 "data_name": ";".join([*(p for _, p, _ in self.checked_pairs()),
                                        *(f.name for f in self.folder_paths())])[:500]}
 
