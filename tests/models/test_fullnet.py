@@ -187,3 +187,14 @@ def test_losses_decrease_on_a_real_monuseg_crop(shared_data):
     assert set(history[0]) == {"weighted_ce", "var_ce", "total"}
     assert history[-1]["total"] < 0.7 * history[0]["total"]
     assert history[-1]["weighted_ce"] < 0.7 * history[0]["weighted_ce"]
+
+
+def test_weights_round_trip(tmp_path):
+    from cellzoo.zoo.weights import load_weights, save_weights
+
+    model = build_model("fullnet", {**TINY, "reinhard": True, "min_area": 30}).eval()
+    loaded, _meta = load_weights(save_weights(model, tmp_path / "f.safetensors"))
+    assert isinstance(loaded, FullNet) and loaded.config == model.config
+    x = torch.randn(1, 3, 24, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x)["ternary"], model(x)["ternary"])

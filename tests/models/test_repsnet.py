@@ -270,3 +270,19 @@ def test_engine_tta_hook_agrees(shared_data):
     for op in DIHEDRAL_OPS:
         back = op.invert(_distance_net(op.apply(x))["distance"])
         torch.testing.assert_close(model.tta_transform_maps({"distance": back}, op)["distance"], exact)
+
+
+def test_saved_deploy_model_rebuilds_in_deploy_form(tmp_path):
+    from cellzoo.zoo.weights import load_weights, save_weights
+
+    model = build_model("repsnet", {"filters": TINY, "num_classes": 4, "class_names": ["bg", "a", "b", "c"],
+                                    "boundary_threshold": 5}).eval()
+    model.reparameterize()
+    path = save_weights(model, tmp_path / "m.safetensors")
+    loaded, meta = load_weights(path)
+    assert isinstance(loaded, RepSNet) and loaded.config.deploy and loaded.config.filters == TINY
+    assert loaded.class_names == ["bg", "a", "b", "c"]
+    assert loaded.default_postprocess_params()["boundary_threshold"] == 5
+    x = torch.rand(1, 3, 32, 32) * 255
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x)["type"], model(x)["type"])

@@ -136,14 +136,6 @@ def dihedral_tta(fn: Callable[[torch.Tensor], Mapping[str, torch.Tensor] | torch
 # ----------------------------------------------------------------------------- label-map utilities
 
 
-def relabel_consecutive(labels: np.ndarray) -> np.ndarray:
-    """Relabel ids to 1..N (raster order of first appearance is not preserved; sorted id order is)."""
-    from skimage.segmentation import relabel_sequential
-
-    out, _, _ = relabel_sequential(labels.astype(np.int32, copy=False))
-    return out.astype(np.int32, copy=False)
-
-
 def check_label_map(labels: np.ndarray, classes: np.ndarray | None = None) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim != 2:
