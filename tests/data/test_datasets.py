@@ -134,6 +134,9 @@ def test_from_folders_pairs_by_stem_with_label_suffixes(tmp_path, consep_patch):
         assert np.array_equal(sample.labels, truth) and np.array_equal(sample.classes, truth_classes)
     assert pickle.loads(pickle.dumps(data))[1].name == "b"  # loaders survive DataLoader workers
     assert Dataset.from_layout(tmp_path).names == ["a", "b", "c"]
+    for path in (tmp_path / "classes").iterdir():
+        path.unlink()  # an empty classes/ folder: class-agnostic
+    assert Dataset.from_layout(tmp_path)[0].classes is None
 
 
 def test_from_folders_errors_name_the_files(tmp_path, consep_patch):

@@ -163,29 +163,40 @@ def _find_image(coco: dict, image: int | str) -> dict:
                      f"{', ...' if len(coco['images']) > 10 else ''}).")
 
 
+def _to_rle(segmentation: Any, height: int, width: int) -> dict | None:
+    """One COCO segmentation (polygon list, uncompressed or compressed RLE) as a pycocotools RLE."""
+    if isinstance(segmentation, list):
+        polygons = [list(map(float, p)) for p in segmentation if len(p) >= 6]
+        return mask_utils.merge(mask_utils.frPyObjects(polygons, height, width)) if polygons else None
+    if isinstance(segmentation, dict) and "counts" in segmentation:
+        size = [int(v) for v in segmentation.get("size", [height, width])]
+        if size != [height, width]:
+            raise ValueError(f"a COCO mask has size {tuple(size)} but its image is {(height, width)}.")
+        counts = segmentation["counts"]
+        if isinstance(counts, list):
+            return mask_utils.frPyObjects({"size": size, "counts": counts}, *size)
+        return {"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    raise ValueError(f"unknown COCO segmentation {str(segmentation)[:80]!r}; expected a polygon list or an "
+                     f"RLE dict with 'size' and 'counts'.")
+
+
 def segmentation_to_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
     """Decode one COCO segmentation (polygon list, uncompressed RLE, or compressed RLE) to an H×W bool mask."""
-    if isinstance(segmentation, list):
-        if not segmentation:
-            return np.zeros((height, width), dtype=bool)
-        rles = mask_utils.frPyObjects([list(map(float, p)) for p in segmentation if len(p) >= 6], height, width)
-        rle = mask_utils.merge(rles) if rles else None
-        if rle is None:
-            return np.zeros((height, width), dtype=bool)
-    elif isinstance(segmentation, dict) and "counts" in segmentation:
-        size = segmentation.get("size", [height, width])
-        if isinstance(segmentation["counts"], list):
-            rle = mask_utils.frPyObjects(segmentation, *size)
-        else:
-            counts = segmentation["counts"]
-            rle = {"size": list(size), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    else:
-        raise ValueError(f"unknown COCO segmentation {str(segmentation)[:80]!r}; expected a polygon list or an "
-                         f"RLE dict with 'size' and 'counts'.")
-    mask = mask_utils.decode(rle).astype(bool)
-    if mask.shape != (height, width):
-        raise ValueError(f"a COCO mask has size {mask.shape} but its image is {(height, width)}.")
-    return mask
+    rle = _to_rle(segmentation, height, width)
+    if rle is None:
+        return np.zeros((height, width), dtype=bool)
+    return mask_utils.decode(rle).astype(bool)
+
+
+def _mask_box(segmentation: Any, height: int, width: int) -> tuple[tuple[slice, slice], np.ndarray] | None:
+    """(box, bool mask inside the box) of one segmentation; painting only the box keeps images with
+    hundreds of objects fast."""
+    rle = _to_rle(segmentation, height, width)
+    if rle is None:
+        return None
+    x0, y0, w, h = (int(round(v)) for v in mask_utils.toBbox(rle))
+    box = (slice(y0, y0 + h), slice(x0, x0 + w))
+    return box, mask_utils.decode(rle)[box].astype(bool)
 
 
 def coco_to_labels(coco: dict | str | os.PathLike, image: int | str, shape: tuple[int, int] | None = None
@@ -211,10 +222,12 @@ def coco_to_labels(coco: dict | str | os.PathLike, image: int | str, shape: tupl
     for annotation in coco["annotations"]:
         if annotation.get("image_id") != image_id or annotation.get("iscrowd", 0):
             continue
-        mask = segmentation_to_mask(annotation["segmentation"], height, width)
         index = len(class_of) + 1
-        labels[mask] = index
         class_of[index] = mapping.get(int(annotation.get("category_id", 1)), 0)
+        painted = _mask_box(annotation["segmentation"], height, width)
+        if painted is not None:
+            box, mask = painted
+            labels[box][mask] = index
     if len(mapping) <= 1:
         return labels, None, class_names
     return labels, _polygons.class_map_from(labels, class_of), class_names
@@ -285,10 +298,12 @@ def read_coco_results(source: str | os.PathLike | list, image_id: int | None = N
         category = int(result.get("category_id", 1))
         if not 0 <= category <= 255:
             raise ValueError(f"category_id {category} does not fit a uint8 class map.")
-        mask = segmentation_to_mask(result["segmentation"], height, width)
-        labels[mask] = index
-        classes[mask] = category
         scores[index] = float(result.get("score", 1.0))
+        painted = _mask_box(result["segmentation"], height, width)
+        if painted is not None:
+            box, mask = painted
+            labels[box][mask] = index
+            classes[box][mask] = category
     present = set(np.unique(labels).tolist())
     return labels, classes, {k: v for k, v in scores.items() if k in present}
 

@@ -364,7 +364,9 @@ class Dataset(Sequence):
         if images_dir.is_dir():
             for labels_name in ("labels", "masks", "inst", "instances"):
                 if (root / labels_name).is_dir():
-                    classes_dir = next((root / c for c in ("classes", "class") if (root / c).is_dir()), None)
+                    # an empty classes/ folder (class-agnostic annotations) means no class maps
+                    classes_dir = next((root / c for c in ("classes", "class") if (root / c).is_dir()
+                                        and _files_by_key(root / c, LABEL_SUFFIXES, strip=True)), None)
                     return cls.from_folders(images_dir, root / labels_name, classes_dir)
             jsons = sorted(root.glob("*.json"))
             if len(jsons) == 1:
