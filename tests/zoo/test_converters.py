@@ -167,3 +167,114 @@ def test_fullnet_manifest_checkpoint_converts_loads_strict_and_runs(shared_data,
     with torch.no_grad():
         out = model(model.preprocess(np.random.default_rng(0).uniform(0, 255, (40, 48, 3)).astype(np.float32))[None])
     assert out["ternary"].shape == (1, 3, 40, 48)
+
+
+def _hw03_alias(key):
+    """The canonical name of an aliased HW03 key (manifest 'aliasing'), or None for canonical keys."""
+    rules = [("roi_heads.box_predictor.", "box_predictors.2."),
+             ("base_model.roi_heads.box_predictor.", "box_predictors.2."),
+             ("backbone.", "base_model.backbone."), ("rpn.", "base_model.rpn."),
+             ("roi_heads.mask_predictor.", "mask_predictor."),
+             ("base_model.roi_heads.mask_predictor.", "mask_predictor."),
+             ("roi_heads.", "base_model.roi_heads.")]
+    for alias, canonical in rules:
+        if key.startswith(alias):
+            return canonical + key[len(alias):]
+    return None
+
+
+def _hw03_state(man, device=None):
+    """HW03 file contents: every manifest key, aliases sharing one tensor as torch.save stores them."""
+    state = build_state({"tensors": {k: s for k, s in man["tensors"].items() if _hw03_alias(k) is None}},
+                        device=device)
+    for key in man["tensors"]:
+        if key not in state:
+            state[key] = state[_hw03_alias(key)]
+    assert list(sorted(state)) == sorted(man["tensors"])
+    return state
+
+
+def test_hw03_cascade_r50_converts_loads_strict_and_detects(shared_data, tmp_path):
+    man = manifest(shared_data, "hw03_cascade_r50")
+    state = _hw03_state(man)
+    assert len({id(v) for v in state.values()}) == man["n_unique_tensors"]
+    path = tmp_path / "best.pth"
+    torch.save(state, path)
+    converted, config = convert_checkpoint(path)
+    assert config["family"] == "cascade" and config["backbone"] == "resnet50" and config["norm"] == "frozen"
+    assert config["class_names"] == man["class_names"]
+    model = build_model("cascade", {**config, "rpn_pre_nms_test": 100, "rpn_post_nms_test": 50,
+                                    "detections_per_img": 50})
+    model.load_state_dict(converted, strict=True)
+    # the shared box head went into every stage; the stage-2 predictor's class scores are HW03's own
+    torch.testing.assert_close(model.roi_heads.box_heads[1].fc6.weight, state["roi_heads.box_head.fc6.weight"])
+    torch.testing.assert_close(model.roi_heads.box_predictors[2].cls_score.weight,
+                               state["box_predictors.2.cls_score.weight"])
+    # per-class box regression -> class-agnostic: foreground mean, scaled to our stage's box coder
+    per_class = state["box_predictors.1.bbox_pred.bias"].reshape(5, 4)[1:].mean(0) * 2
+    torch.testing.assert_close(model.roi_heads.box_predictors[1].bbox_pred.bias, per_class)
+    model.eval()
+    image = torch.rand(128, 128, 3).numpy() * 255
+    with torch.no_grad():
+        out = model([model.preprocess(image)])
+    result = out[0] if isinstance(out, list) else out
+    assert result["boxes"].shape[-1] == 4 and result["masks"].shape[-2:] == (128, 128)
+
+
+def test_hw03_cascade_r101_full_layout_on_meta_tensors(shared_data):
+    man = manifest(shared_data, "hw03_cascade_r101")
+    from cellzoo.zoo.converters import unwrap_state_dict, _convert_cascade
+
+    state = _hw03_state(man, device="meta")
+    # aliases are the same tensor objects, so the equality check passes without touching data
+    converted, config = _convert_cascade(unwrap_state_dict(state))
+    assert config["backbone"] == "resnet101"
+    with torch.device("meta"):
+        model = build_model("cascade", config)
+    model.load_state_dict(converted, strict=True, assign=True)
+
+
+def test_hw03_aliases_that_differ_are_refused(shared_data):
+    man = manifest(shared_data, "hw03_cascade_r50")
+    state = _hw03_state(man)
+    state["rpn.head.cls_logits.bias"] = state["rpn.head.cls_logits.bias"] + 1
+    with pytest.raises(ValueError, match="should be the same tensor"):
+        convert_checkpoint(state)
+
+
+def test_scts_mmcv_checkpoint_converts_loads_strict_and_detects(shared_data, tmp_path):
+    from cellzoo.zoo.converters import swin_relative_position_index
+
+    man = manifest(shared_data, "scts_htc_swin_t")
+    state = build_state(man)
+    state["roi_head.semantic_head.criterion.weight"] = torch.tensor([1.0, 1.0, 10.0])
+    for key in man["non_float32_dtypes"]:  # the fixed Swin index buffers, as the authors' model holds them
+        state[key] = swin_relative_position_index(7).reshape(49, 49)
+    checkpoint = {"meta": {"mmdet_version": "2.11.0", "CLASSES": ("cell",), "epoch": 36, "iter": 972,
+                           "env_info": "sys.platform: linux", "config": "model = dict(type='HybridTaskCascade')",
+                           "seed": 0, "exp_name": "scts.py", "mmcv_version": "1.3.8", "time": "Mon Jan 1"},
+                  "state_dict": state, "optimizer": {"state": {}, "param_groups": []},
+                  "amp": {"loss_scaler0": {"loss_scale": 512.0, "unskipped": 12}}}
+    path = tmp_path / "epoch_36.pth"
+    torch.save(checkpoint, path)
+    converted, config = convert_checkpoint(path)
+    assert config["family"] == "scts"
+    assert (config["embed_dim"], config["depths"], config["num_heads"], config["window_size"]) == \
+        (96, [2, 2, 6, 2], [3, 6, 12, 24], 7)
+    assert config["semantic_class_weights"] == [1.0, 1.0, 10.0] and config["class_names"] == ["background", "cell"]
+    model = build_model("scts", {**config, "rpn_pre_nms_test": 100, "rpn_post_nms_test": 50, "detections_per_img": 50})
+    model.load_state_dict(converted, strict=True)
+    # mmdet's background-last classes are flipped; the cell mask logits land on our class-1 row
+    torch.testing.assert_close(model.roi_heads.box_predictors[0].cls_score.weight[0],
+                               state["roi_head.bbox_head.0.fc_cls.weight"][1])
+    torch.testing.assert_close(model.roi_heads.mask_predictor.mask_fcn_logits.weight[1],
+                               state["roi_head.mask_head.0.conv_logits.weight"][0])
+    # the rebuilt index buffer equals torchvision's own
+    fresh = build_model("scts", {"depths": [1, 1, 1, 1]})
+    assert torch.equal(fresh.backbone.features[1][0].attn.relative_position_index, swin_relative_position_index(7))
+    model.eval()
+    image = torch.rand(128, 128, 3).numpy() * 40
+    with torch.no_grad():
+        out = model([model.preprocess(image)])
+    result = out[0] if isinstance(out, list) else out
+    assert result["boxes"].shape[-1] == 4

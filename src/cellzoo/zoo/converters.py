@@ -7,6 +7,16 @@
   names equal the authors', so the state dict passes through unchanged.
 * FullNet-varCE ``{'epoch','state_dict','best_iou','optimizer'}`` with DataParallel ``module.``
   prefixes: unwrapped, prefix stripped, widths/depths read from shapes.
+* The HW03 "Cascade Mask R-CNN" ``best.pth`` (torchvision Mask R-CNN whose modules are registered
+  twice, so every tensor appears under 2-3 names): aliases are checked and de-duplicated, the shared
+  box head is copied into our three stage heads, the three stage predictors map to ours.  Our stage
+  predictors regress class-agnostic boxes and decode stage k with (k+1)x the torchvision box-coder
+  weights, so the HW03 per-class regression rows are averaged over the foreground classes (an
+  approximation) and scaled by k+1 (exact).  Anchors are set to HW03's 32-512 px.
+* SCTS's mmcv checkpoint ``{'meta','state_dict','optimizer','amp'}`` (mmdet HTC, Swin-T): Swin
+  ``layers.i.blocks.j`` -> torchvision ``features.(2i+1).j``, ``layers.i.downsample`` ->
+  ``features.(2i+2)``, mmdet FPN/RPN/heads -> torchvision names; mmdet's background-last class order
+  is flipped to background-first.
 
 Files are read with :func:`cellzoo.zoo.safe_load.safe_torch_load` (``weights_only=True``).
 """
@@ -168,13 +178,195 @@ def _convert_fullnet(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Te
     return _fill_num_batches_tracked(state), config
 
 
+# ----------------------------------------------------------------------------- HW03 Cascade Mask R-CNN
+_RESNET_DEPTH = {6: "resnet50", 23: "resnet101", 36: "resnet152"}
+
+
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a is b:
+        return True
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.device.type != "meta" and a.data_ptr() == b.data_ptr() and a.stride() == b.stride():
+        return True  # torch.save keeps shared storage: one tensor stored once
+    return a.device.type != "meta" and torch.equal(a, b)
+
+
+def _dedupe_aliases(state: Mapping[str, torch.Tensor], groups: list[tuple[str, ...]]) -> dict[str, torch.Tensor]:
+    """Keep the first name of each alias group (prefixes); the others must hold the same values."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        for group in groups:
+            for alias in group[1:]:
+                if key.startswith(alias):
+                    canonical = group[0] + key[len(alias):]
+                    if canonical in state:
+                        if not _same_values(state[canonical], value):
+                            raise ValueError(f"{key} and {canonical} should be the same tensor in an HW03 "
+                                             "checkpoint but differ; the file was not written by HW03's train.py")
+                        break
+                    out[canonical] = value  # only the alias was stored
+                    break
+            else:
+                continue
+            break
+        else:
+            out[key] = value
+    return out
+
+
+def _convert_cascade(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = _dedupe_aliases(state, [
+        ("base_model.backbone.", "backbone."), ("base_model.rpn.", "rpn."),
+        ("base_model.roi_heads.mask_predictor.", "roi_heads.mask_predictor.", "mask_predictor."),
+        ("base_model.roi_heads.", "roi_heads.")])
+    needed = ["base_model.roi_heads.box_head.fc6.weight", "box_predictors.0.cls_score.weight",
+              "base_model.roi_heads.mask_predictor.mask_fcn_logits.weight", "base_model.backbone.body.conv1.weight"]
+    missing = [k for k in needed if k not in state]
+    if missing:
+        raise ValueError(f"HW03 Cascade checkpoint lacks {missing}; not the layout of HW03/models.py")
+    layer3 = {int(k.split(".")[4]) for k in state if k.startswith("base_model.backbone.body.layer3.")}
+    depth = len(layer3)
+    if depth not in _RESNET_DEPTH:
+        raise ValueError(f"HW03 Cascade checkpoint has {depth} blocks in ResNet layer3; expected 6 (R50), "
+                         "23 (R101) or 36 (R152)")
+    stages = sorted({int(k.split(".")[1]) for k in state if k.startswith("box_predictors.")})
+    num_classes = int(state["box_predictors.0.cls_score.weight"].shape[0])
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.startswith(("base_model.backbone.", "base_model.rpn.")):
+            out[key[len("base_model."):]] = value
+        elif key.startswith(("base_model.roi_heads.mask_head.", "base_model.roi_heads.mask_predictor.")):
+            out[key[len("base_model."):]] = value
+    head = {k[len("base_model.roi_heads.box_head."):]: v for k, v in state.items()
+            if k.startswith("base_model.roi_heads.box_head.")}
+    for stage in stages:
+        for name, value in head.items():  # HW03 shares one box head between its stages
+            out[f"roi_heads.box_heads.{stage}.{name}"] = value.clone()
+        prefix = f"box_predictors.{stage}."
+        out[f"roi_heads.{prefix}cls_score.weight"] = state[prefix + "cls_score.weight"]
+        out[f"roi_heads.{prefix}cls_score.bias"] = state[prefix + "cls_score.bias"]
+        for part in ("weight", "bias"):
+            per_class = state[prefix + f"bbox_pred.{part}"]
+            rows = per_class.reshape(num_classes, 4, *per_class.shape[1:])[1:]  # drop background rows
+            out[f"roi_heads.{prefix}bbox_pred.{part}"] = rows.mean(0) * (stage + 1)
+    names = ["background"] + [f"class{i}" for i in range(1, num_classes)]
+    config = {"backbone": _RESNET_DEPTH[depth], "norm": "frozen", "class_names": names,
+              "anchor_sizes": [32, 64, 128, 256, 512], "stage_ious": [0.5, 0.6, 0.7][: len(stages)],
+              "stage_loss_weights": [1.0, 0.5, 0.25][: len(stages)], "detections_per_img": 2000,
+              "representation": int(head["fc6.weight"].shape[0]),
+              "mask_channels": int(state["base_model.roi_heads.mask_head.0.0.weight"].shape[0])}
+    return out, config
+
+
+# ----------------------------------------------------------------------------- SCTS (mmcv HTC + Swin-T)
+_SCTS_RULES = [
+    (r"^backbone\.patch_embed\.proj\.", "backbone.features.0.0."),
+    (r"^backbone\.patch_embed\.norm\.", "backbone.features.0.2."),
+    (r"^backbone\.norm(\d)\.", r"backbone.norms.\1."),
+    (r"^neck\.lateral_convs\.(\d+)\.conv\.", r"backbone.fpn.inner_blocks.\1.0."),
+    (r"^neck\.fpn_convs\.(\d+)\.conv\.", r"backbone.fpn.layer_blocks.\1.0."),
+    (r"^rpn_head\.rpn_conv\.", "rpn.head.conv.0.0."),
+    (r"^rpn_head\.rpn_cls\.", "rpn.head.cls_logits."),
+    (r"^rpn_head\.rpn_reg\.", "rpn.head.bbox_pred."),
+    (r"^roi_head\.bbox_head\.(\d+)\.shared_fcs\.0\.", r"roi_heads.box_heads.\1.fc6."),
+    (r"^roi_head\.bbox_head\.(\d+)\.shared_fcs\.1\.", r"roi_heads.box_heads.\1.fc7."),
+    (r"^roi_head\.bbox_head\.(\d+)\.fc_cls\.", r"roi_heads.box_predictors.\1.cls_score."),
+    (r"^roi_head\.bbox_head\.(\d+)\.fc_reg\.", r"roi_heads.box_predictors.\1.bbox_pred."),
+    (r"^roi_head\.mask_head\.0\.convs\.(\d+)\.conv\.", r"roi_heads.mask_head.\1.0."),
+    (r"^roi_head\.mask_head\.0\.upsample\.", "roi_heads.mask_predictor.conv5_mask."),
+    (r"^roi_head\.mask_head\.0\.conv_logits\.", "roi_heads.mask_predictor.mask_fcn_logits."),
+    (r"^roi_head\.semantic_head\.lateral_convs\.(\d+)\.conv\.", r"semantic_head.laterals.\1."),
+    (r"^roi_head\.semantic_head\.convs\.(\d+)\.conv\.", r"semantic_head.convs.\1.0."),
+    (r"^roi_head\.semantic_head\.conv_embedding\.conv\.", "semantic_head.embedding.0."),
+    (r"^roi_head\.semantic_head\.conv_logits\.", "semantic_head.logits."),
+]
+_SWIN_BLOCK = re.compile(r"^backbone\.layers\.(\d)\.blocks\.(\d+)\.(.*)$")
+_SWIN_MERGE = re.compile(r"^backbone\.layers\.(\d)\.downsample\.(.*)$")
+_SWIN_PARTS = {"mlp.fc1.": "mlp.0.", "mlp.fc2.": "mlp.3."}
+
+
+def swin_relative_position_index(window: int) -> torch.Tensor:
+    """The fixed index buffer of Swin window attention (same formula in mmdet's Swin and torchvision);
+    rebuilt here rather than trusted from the file, flattened as torchvision stores it."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0).contiguous()
+    rel[:, :, 0] += window - 1
+    rel[:, :, 1] += window - 1
+    rel[:, :, 0] *= 2 * window - 1
+    return rel.sum(-1).flatten()
+
+
+def _convert_scts(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    if "backbone.patch_embed.proj.weight" not in state or "roi_head.bbox_head.0.fc_cls.weight" not in state:
+        raise ValueError("SCTS checkpoint lacks the Swin patch embedding or the HTC box head; "
+                         "not the layout of configs/scts/scts.py")
+    extra = sorted(k for k in state if re.match(r"^roi_head\.(bbox_head|mask_head)\.[1-9]", k))
+    if extra:
+        raise ValueError(f"SCTS checkpoint has more than one HTC stage ({extra[0]}...); ours has one, as "
+                         "configs/scts/scts.py")
+    depths = [1 + max((int(m.group(2)) for k in state if (m := _SWIN_BLOCK.match(k)) and m.group(1) == str(i)),
+                      default=-1) for i in range(4)]
+    tables = [state[f"backbone.layers.{i}.blocks.0.attn.relative_position_bias_table"] for i in range(4)]
+    window = int(round((tables[0].shape[0] ** 0.5 + 1) / 2))
+    out: dict[str, torch.Tensor] = {}
+    class_weights = None
+    for key, value in state.items():
+        if (m := _SWIN_BLOCK.match(key)):
+            rest = m.group(3)
+            for old, new in _SWIN_PARTS.items():
+                if rest.startswith(old):
+                    rest = new + rest[len(old):]
+            if rest == "attn.relative_position_index":
+                value = swin_relative_position_index(window)
+            out[f"backbone.features.{2 * int(m.group(1)) + 1}.{m.group(2)}.{rest}"] = value
+            continue
+        if (m := _SWIN_MERGE.match(key)):
+            out[f"backbone.features.{2 * int(m.group(1)) + 2}.{m.group(2)}"] = value
+            continue
+        if key == "roi_head.semantic_head.criterion.weight":
+            class_weights = [float(v) for v in value]
+            continue
+        for pattern, repl in _SCTS_RULES:
+            if re.match(pattern, key):
+                out[re.sub(pattern, repl, key)] = value
+                break
+        else:
+            raise ValueError(f"SCTS checkpoint key {key!r} has no counterpart in our SCTS module")
+    # mmdet orders classes foreground first, background last; ours background first
+    for stage_key in [k for k in out if re.match(r"roi_heads\.box_predictors\.\d+\.cls_score\.", k)]:
+        out[stage_key] = out[stage_key].roll(1, dims=0)
+    fg = int(state["roi_head.bbox_head.0.fc_cls.weight"].shape[0]) - 1
+    for part in ("weight", "bias"):
+        key = f"roi_heads.mask_predictor.mask_fcn_logits.{part}"
+        logits = out[key]  # mmdet: one row per foreground class; ours has a (unused) background row first
+        out[key] = torch.cat([logits[:1], logits]) if logits.shape[0] == fg else logits
+    config = {
+        "embed_dim": int(state["backbone.patch_embed.proj.weight"].shape[0]),
+        "depths": depths, "num_heads": [int(t.shape[1]) for t in tables], "window_size": window,
+        "fpn_channels": int(state["neck.lateral_convs.0.conv.weight"].shape[0]),
+        "representation": int(state["roi_head.bbox_head.0.shared_fcs.0.weight"].shape[0]),
+        "mask_channels": int(state["roi_head.mask_head.0.convs.0.conv.weight"].shape[0]),
+        "semantic_channels": int(state["roi_head.semantic_head.lateral_convs.0.conv.weight"].shape[0]),
+        "class_names": ["background"] + (["cell"] if fg == 1 else [f"class{i}" for i in range(1, fg + 1)]),
+        "anchor_sizes": [32, 64, 128, 256, 512],  # mmdet: octave scale 8 x strides 4..64
+    }
+    if class_weights is not None:
+        config["semantic_class_weights"] = class_weights
+    return out, config
+
+
 # ----------------------------------------------------------------------------- entry point
-_CONVERTERS = {"repsnet": _convert_repsnet, "fullnet": _convert_fullnet}
+_CONVERTERS = {"repsnet": _convert_repsnet, "fullnet": _convert_fullnet, "cascade": _convert_cascade,
+               "scts": _convert_scts}
 
 #: config keys a converter reads from the weights; registry/user overrides may not change them
 ARCHITECTURE_KEYS = {
     "repsnet": {"variant", "deploy", "filters", "num_classes", "in_channels"},
     "fullnet": {"in_channels", "stem_channels", "growth_rate", "n_layers", "compress_ratio", "dilations"},
+    "cascade": {"backbone", "norm", "stage_ious", "representation", "mask_channels", "anchor_sizes"},
+    "scts": {"embed_dim", "depths", "num_heads", "window_size", "fpn_channels", "representation",
+             "mask_channels", "semantic_channels", "anchor_sizes"},
 }
 
 
