@@ -185,3 +185,17 @@ def test_drive_links_are_routed_to_the_drive_downloader():
     url = "https://drive.google.com/file/d/1082dGUDeGQQwiOxylXmgU5ueArpGs2Ib/view?usp=sharing"
     assert is_drive_url(url) and not is_drive_url("https://example.org/file/d/x/view")
     assert drive_direct_url(url) == "https://drive.google.com/uc?export=download&id=1082dGUDeGQQwiOxylXmgU5ueArpGs2Ib"
+
+
+def test_damaged_cached_file_with_known_hash_is_replaced(server, tiny_weights, tiny_registry, zoo_env, monkeypatch):
+    _serve(server, tiny_weights)
+    monkeypatch.setenv("CELLZOO_MIRROR", server.url + "/files")
+    path = zoo.fetch("tiny-known", progress=False)
+    path.write_bytes(path.read_bytes()[:-10])  # e.g. a disk error or a partial manual copy
+    fresh = zoo.fetch("tiny-known", progress=False)
+    assert hashlib.sha256(fresh.read_bytes()).hexdigest() == tiny_weights[1]
+    path.write_bytes(path.read_bytes()[:-10])
+    server.stop()
+    with pytest.raises(FetchError, match="could not be reached"):
+        zoo.fetch("tiny-known", progress=False)
+    assert _leftovers(zoo_env["cache"]) == []  # the damaged copy is not kept either

@@ -232,22 +232,23 @@ def _record_hash(folder: Path, filename: str, sha256: str, source: str) -> None:
 def _verify_cached(info: ModelInfo, path: Path) -> bool:
     """True if ``path`` matches the registry hash or the one recorded at first download.
 
-    Files put into the cache by hand (no hash known or recorded) are accepted and their
-    hash is recorded from then on.
+    A file is re-hashed only when its size or modification time changed since it was last
+    verified.  Files put into the cache by hand (no hash known or recorded) are accepted and
+    their hash is recorded from then on.
     """
     folder = path.parent
-    if info.sha256:
-        return file_sha256(path) == info.sha256
     record = recorded_hashes(folder).get(path.name)
-    stat = path.stat()
-    if record is None:
+    expected = info.sha256 or (record or {}).get("sha256")
+    if expected is None:
         _record_hash(folder, path.name, file_sha256(path), "placed in the cache by hand")
         return True
-    if record.get("size") == stat.st_size and record.get("mtime_ns") == stat.st_mtime_ns:
-        return True  # unchanged since it was hashed
-    if file_sha256(path) != record.get("sha256"):
+    stat = path.stat()
+    if (record is not None and record.get("sha256") == expected and record.get("size") == stat.st_size
+            and record.get("mtime_ns") == stat.st_mtime_ns):
+        return True  # unchanged since it was verified
+    if file_sha256(path) != expected:
         return False
-    _record_hash(folder, path.name, record["sha256"], record.get("source", ""))
+    _record_hash(folder, path.name, expected, (record or {}).get("source", "verified against the registry"))
     return True
 
 
@@ -329,8 +330,8 @@ def fetch_info(info: ModelInfo, progress: bool | Callable[[int, int], Any] = Tru
             failures.append(f"{url}: {_describe_request_error(exc)}")
             continue
         path = Path(result)
-        if not info.sha256:
-            _record_hash(folder, path.name, file_sha256(path), url)
+        # pooch checked a known hash already; an unknown one is recorded now (first download)
+        _record_hash(folder, path.name, info.sha256 or file_sha256(path), url)
         return path
     raise FetchError(
         f"could not download {info.filename!r} for model {info.name!r}:\n  " + "\n  ".join(failures)
