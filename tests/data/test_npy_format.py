@@ -66,3 +66,29 @@ def test_mismatched_and_unsafe_arrays_are_rejected(tmp_path, consep_stack):
         read_npy(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="0..65535"):
         write_npy(tmp_path / "w", images, instances + 70000)
+
+
+def test_pannuke_masks_npy_is_decoded_per_image(tmp_path, consep_stack):
+    from cellzoo.data import PANNUKE_CLASS_NAMES, pannuke_masks_to_labels
+
+    images, instances, classes = consep_stack
+    # PanNuke's layout: float64 images, masks N×H×W×6 = one instance map per type + a background channel
+    masks = np.zeros(instances.shape + (6,), np.float64)
+    for k in range(4):
+        masks[..., k] = np.where(classes == k + 1, instances, 0)
+    masks[..., 5] = instances == 0
+    np.save(tmp_path / "images.npy", images.astype(np.float64))
+    np.save(tmp_path / "masks.npy", masks)
+    data = Dataset.from_npy(tmp_path)  # finds masks.npy when there is no labels.npy
+    assert data.class_names == PANNUKE_CLASS_NAMES and len(data) == 3
+    sample = data[2]
+    assert sample.image.dtype == np.float64 and sample.labels.dtype == np.int32
+    pairs = np.unique(np.stack([sample.labels[instances[2] > 0], instances[2][instances[2] > 0]]), axis=1)
+    assert np.array_equal(sample.labels > 0, instances[2] > 0) and pairs.shape[1] == len(np.unique(instances[2])) - 1
+    both = instances[2] > 0
+    assert np.array_equal(sample.classes[both], classes[2][both])
+    # ids repeating across type channels become distinct objects
+    tiny = np.zeros((2, 3, 6))
+    tiny[0, 0, 0] = tiny[1, 2, 3] = 1
+    labels, types = pannuke_masks_to_labels(tiny)
+    assert labels[0, 0] != labels[1, 2] and types[0, 0] == 1 and types[1, 2] == 4

@@ -19,7 +19,8 @@ from cellzoo.data import xml_annotations
 from cellzoo.data.class_folders import read_class_folder
 from cellzoo.data.io import (IMAGE_SUFFIXES, LABEL_SUFFIXES, labels_as_int32, read_class_map, read_image,
                              read_labels)
-from cellzoo.data.npy import read_npy
+from cellzoo.data.npy import _resolve as _resolve_npy
+from cellzoo.data.npy import PANNUKE_CLASS_NAMES, PanNukeLabels, read_npy
 from cellzoo.data.sample import Sample
 
 #: Suffixes that label / class files may add to the image's stem (``img_label.png`` pairs with ``img.png``).
@@ -273,13 +274,14 @@ class Dataset(Sequence):
     @classmethod
     def from_npy(cls, images: str | os.PathLike, labels: str | os.PathLike | None = None,
                  class_names: Sequence[str] | None = None) -> "Dataset":
-        """CoNIC/PanNuke ``images.npy`` + ``labels.npy`` (give the folder or the images.npy path);
-        samples are memory-mapped and named by index (``00000``, ``00001``, ...)."""
+        """CoNIC ``images.npy`` + ``labels.npy`` or PanNuke ``images.npy`` + ``masks.npy`` (give the folder
+        or the images.npy path); samples are memory-mapped and named by index (``00000``, ``00001``, ...)."""
         image_array, instances, classes = read_npy(images, labels, mmap=True)
-        images_path = str(Path(images) / "images.npy" if Path(images).is_dir() else Path(images))
-        labels_path = str(Path(labels) if labels is not None else Path(images_path).with_name("labels.npy"))
+        images_path, labels_path = (str(p) for p in _resolve_npy(images, labels))
         width = max(5, len(str(len(image_array))))
         names = [f"{i:0{width}d}" for i in range(len(image_array))]
+        if class_names is None and isinstance(classes, PanNukeLabels):
+            class_names = PANNUKE_CLASS_NAMES
         if class_names is None:
             top = int(np.max(classes)) if classes is not None and classes.size else 1
             class_names = ["background"] + [f"class_{k}" for k in range(1, top + 1)] if classes is not None \

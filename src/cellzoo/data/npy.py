@@ -1,5 +1,6 @@
 """CoNIC / PanNuke-style array files: ``images.npy`` (N×H×W×3) and ``labels.npy`` (N×H×W×2 =
-instance map, class map; or N×H×W instance maps only)."""
+instance map, class map; or N×H×W instance maps only). PanNuke's own ``masks.npy`` (N×H×W×6, one
+instance map per type) is read too."""
 from __future__ import annotations
 
 import os
@@ -20,13 +21,68 @@ def _load(path: Path, mmap: bool) -> np.ndarray:
         raise ValueError(f"could not read {path.name} as a plain .npy array ({exc}).") from exc
 
 
+#: PanNuke's own ``masks.npy`` (N×H×W×6): one instance map per type, channel 5 is background.
+PANNUKE_CLASS_NAMES = ["background", "neoplastic", "inflammatory", "connective", "dead", "epithelial"]
+
+
+def pannuke_masks_to_labels(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """PanNuke ``masks`` (N×H×W×6 or H×W×6) → (instance maps int32, class maps uint8).
+
+    Class k+1 comes from channel k (0..4); the background channel is ignored. Objects get fresh ids
+    per image, so ids that repeat across channels stay distinct.
+    """
+    masks = np.asarray(masks)
+    single = masks.ndim == 3
+    if single:
+        masks = masks[None]
+    if masks.ndim != 4 or masks.shape[-1] != 6:
+        raise ValueError(f"PanNuke masks must be N×H×W×6, got shape {masks.shape}.")
+    instances = np.zeros(masks.shape[:3], dtype=np.int32)
+    classes = np.zeros(masks.shape[:3], dtype=np.uint8)
+    for n in range(masks.shape[0]):
+        next_id = 1
+        for channel in range(5):
+            part = masks[n, ..., channel].astype(np.int64)
+            ids, inverse = np.unique(part, return_inverse=True)
+            new_ids = np.arange(len(ids)) + next_id - (1 if ids[0] == 0 else 0)
+            new_ids[ids == 0] = 0
+            relabelled = new_ids[inverse.reshape(part.shape)]
+            inside = relabelled > 0
+            instances[n][inside] = relabelled[inside]
+            classes[n][inside] = channel + 1
+            next_id += int((ids != 0).sum())
+    return (instances[0], classes[0]) if single else (instances, classes)
+
+
+class PanNukeLabels:
+    """Instance (``part=0``) or class (``part=1``) maps of a PanNuke ``masks.npy``, decoded one image at a
+    time on indexing so the (memory-mapped, float64, 6-channel) file is never converted whole."""
+
+    def __init__(self, masks: np.ndarray, part: int):
+        self.masks, self.part = masks, part
+        self.shape = tuple(masks.shape[:3])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        return pannuke_masks_to_labels(np.asarray(self.masks[index]))[self.part]
+
+    def __array__(self, dtype=None, copy=None):
+        array = pannuke_masks_to_labels(np.asarray(self.masks))[self.part]
+        return array if dtype is None else array.astype(dtype)
+
+
 def _resolve(images: str | os.PathLike, labels: str | os.PathLike | None) -> tuple[Path, Path]:
     images = Path(images)
-    if images.is_dir():
-        return images / "images.npy", Path(labels) if labels is not None else images / "labels.npy"
-    if labels is None:
-        return images, images.with_name("labels.npy")
-    return images, Path(labels)
+    folder = images if images.is_dir() else images.parent
+    images_path = folder / "images.npy" if images.is_dir() else images
+    if labels is not None:
+        return images_path, Path(labels)
+    # CoNIC ships labels.npy; PanNuke masks.npy
+    if not (folder / "labels.npy").is_file() and (folder / "masks.npy").is_file():
+        return images_path, folder / "masks.npy"
+    return images_path, folder / "labels.npy"
 
 
 def read_npy(images: str | os.PathLike, labels: str | os.PathLike | None = None, mmap: bool = True
@@ -41,15 +97,19 @@ def read_npy(images: str | os.PathLike, labels: str | os.PathLike | None = None,
     label_array = _load(labels_path, mmap)
     if image_array.ndim not in (3, 4):
         raise ValueError(f"{images_path.name} has shape {image_array.shape}; expected N×H×W×C or N×H×W.")
+    pannuke = label_array.ndim == 4 and label_array.shape[-1] == 6
+    # PanNuke stores its masks as float64 holding integer ids
+    if label_array.dtype.kind not in ("iuf" if pannuke else "iu"):
+        raise ValueError(f"{labels_path.name} has dtype {label_array.dtype}; label arrays must be integers.")
     if label_array.ndim == 4 and label_array.shape[-1] == 2:
         instances, classes = label_array[..., 0], label_array[..., 1]
+    elif pannuke:
+        instances, classes = PanNukeLabels(label_array, 0), PanNukeLabels(label_array, 1)
     elif label_array.ndim == 3:
         instances, classes = label_array, None
     else:
         raise ValueError(f"{labels_path.name} has shape {label_array.shape}; expected N×H×W×2 "
-                         f"(instance map, class map) or N×H×W (instance maps).")
-    if label_array.dtype.kind not in "iu":
-        raise ValueError(f"{labels_path.name} has dtype {label_array.dtype}; label arrays must be integers.")
+                         f"(instance map, class map), N×H×W (instance maps) or PanNuke's N×H×W×6.")
     if instances.shape != image_array.shape[:3]:
         raise ValueError(f"{images_path.name} holds {image_array.shape[0]} images of "
                          f"{image_array.shape[1:3]} but {labels_path.name} holds {instances.shape[0]} label "
