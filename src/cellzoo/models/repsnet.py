@@ -53,6 +53,10 @@ class RepSNetConfig:
     num_classes: int = 2
     in_channels: int = 3
     deploy: bool = False
+    #: the authors' bilinear ×2 branch uses align_corners=True, whose sampling grid depends on the input
+    #: size, so tiled and whole-image outputs differ (tiled-vs-single AJI 0.32 on MoNuSeg with a briefly
+    #: trained narrow model); False is translation-equivariant and makes tiling exact (AJI 1.0).
+    align_corners: bool = True
     class_names: tuple[str, ...] | None = None
     boundary_threshold: float = 4.0
     min_size: int = 8
@@ -152,9 +156,10 @@ class RepVggUnit(nn.Module):
 class RepUpsample(nn.Module):
     """relu(tconv3x3+BN + tconv1x1+BN + bilinear×2), all stride 2; the two transposed convs fuse into one."""
 
-    def __init__(self, channels: int, deploy: bool = False) -> None:
+    def __init__(self, channels: int, deploy: bool = False, align_corners: bool = True) -> None:
         super().__init__()
         self.channels = channels
+        self.align_corners = align_corners
         if deploy:
             self.dconv_reparam = nn.ConvTranspose2d(channels, channels, 3, 2, 1, output_padding=1, bias=True)
         else:
@@ -166,7 +171,7 @@ class RepUpsample(nn.Module):
         return hasattr(self, "dconv_reparam")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+        up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=self.align_corners)
         if self.deployed:
             return F.relu(self.dconv_reparam(x) + up)
         return F.relu(self.dconv3_bn(x) + self.dconv1_bn(x) + up)
@@ -218,12 +223,12 @@ class _Encoder(nn.Module):
 
 
 class _Decoder(nn.Module):
-    def __init__(self, filters: tuple[int, ...], deploy: bool) -> None:
+    def __init__(self, filters: tuple[int, ...], deploy: bool, align_corners: bool = True) -> None:
         super().__init__()
         self.steps = len(filters) - 1
         for j in range(1, self.steps + 1):
             deep, skip = filters[-j], filters[-j - 1]
-            self.add_module(f"upsample_{j}", RepUpsample(deep, deploy))
+            self.add_module(f"upsample_{j}", RepUpsample(deep, deploy, align_corners))
             self.add_module(f"up_repvgg_{j}", RepVggUnit(deep + skip, skip, 1, deploy))
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
@@ -432,8 +437,8 @@ class RepSNet(CellModel):
         super().__init__(config)
         c = config
         self.encoder = _Encoder(c.in_channels, c.filters, c.variant, c.deploy)
-        self.decoder1 = _Decoder(c.filters, c.deploy)
-        self.decoder2 = _Decoder(c.filters, c.deploy)
+        self.decoder1 = _Decoder(c.filters, c.deploy, c.align_corners)
+        self.decoder2 = _Decoder(c.filters, c.deploy, c.align_corners)
         width = c.filters[0]
         # head registration order follows the authors' classes (S: nucleus, distance, type;
         # L: nucleus, type, distance) so state_dict order matches their checkpoints too
