@@ -130,6 +130,20 @@ def test_monusac_names_match_case_insensitively_and_unknown_are_appended(tmp_pat
     assert labels[2, 2] == 1 and labels[2, 7] == 2 and labels[7, 2] == 3
 
 
+def test_imagescope_ellipse_region(tmp_path):
+    from skimage.draw import ellipse
+
+    path = tmp_path / "ellipse.xml"
+    path.write_text('<Annotations><Annotation Id="1"><Regions><Region Id="1" Type="2"><Vertices>'
+                    '<Vertex X="2" Y="3"/><Vertex X="12" Y="9"/></Vertices></Region></Regions>'
+                    '</Annotation></Annotations>')
+    labels, _, _ = read_xml_annotations(path, shape=(14, 16))
+    expected = np.zeros((14, 16), bool)
+    expected[ellipse(6, 7, 3, 5, shape=(14, 16))] = True  # centre (row 6, col 7), radii 3 and 5
+    assert (labels > 0).sum() > 40
+    assert np.logical_xor(labels > 0, expected).sum() <= 0.1 * expected.sum()
+
+
 def test_bad_xml_files_have_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         read_xml_annotations(tmp_path / "missing.xml")

@@ -5,6 +5,7 @@ all nuclei (its attribute is ``Description``); MoNuSAC has one Annotation per cl
 ``Attributes/Attribute@Name`` is the class name (Epithelial, Lymphocyte, Neutrophil, Macrophage, ...).
 Vertex coordinates are pixel indices (pixel (r, c) has its centre at X=c, Y=r), as in the common
 MoNuSeg conversion scripts; regions are rasterised with ``skimage.draw.polygon`` in file order.
+ImageScope ellipses (``Type="2"``, two bounding-box corners) are drawn as ellipses.
 """
 from __future__ import annotations
 
@@ -33,10 +34,17 @@ def _annotation_class(annotation: ET.Element) -> str:
 
 def _region_ring(region: ET.Element, path: Path) -> np.ndarray:
     try:
-        return np.array([[float(v.get("X")), float(v.get("Y"))] for v in region.iter("Vertex")], dtype=float)
+        ring = np.array([[float(v.get("X")), float(v.get("Y"))] for v in region.iter("Vertex")], dtype=float)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path.name}: a Vertex in Region {region.get('Id')!r} lacks numeric X/Y "
                          f"attributes ({exc}).") from exc
+    if region.get("Type") == "2" and len(ring) == 2:
+        # ImageScope ellipse: two vertices are opposite corners of its bounding box
+        (x0, y0), (x1, y1) = ring
+        angles = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+        ring = np.stack([(x0 + x1) / 2 + abs(x1 - x0) / 2 * np.cos(angles),
+                         (y0 + y1) / 2 + abs(y1 - y0) / 2 * np.sin(angles)], axis=1)
+    return ring
 
 
 def read_xml_annotations(path: str | os.PathLike, shape: tuple[int, int] | None = None,
