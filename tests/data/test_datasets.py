@@ -97,6 +97,7 @@ def test_indexing_slicing_iteration_and_cache():
     data = Dataset.from_samples(_tiny_samples(5))
     assert data[-1].name == "s4" and data["s2"].image[0, 0] == 2
     assert data[1:3].names == ["s1", "s2"]
+    assert "s3" in data and "zz" not in data
     assert [s.name for s in data] == data.names
     with pytest.raises(IndexError):
         data[5]

@@ -5,7 +5,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
-from data_helpers import best_iou_per_object, same_partition
+from data_helpers import best_iou_per_object
 from scipy import ndimage
 from skimage import measure
 

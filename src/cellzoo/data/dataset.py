@@ -175,6 +175,10 @@ class Dataset(Sequence):
             self._cache[index] = sample
         return sample
 
+    def __contains__(self, name: object) -> bool:
+        """``"name" in dataset`` looks at sample names (without loading anything)."""
+        return name in self._names
+
     def __iter__(self) -> Iterator[Sample]:
         for index in range(len(self)):
             yield self[index]
