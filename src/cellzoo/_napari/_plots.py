@@ -83,6 +83,9 @@ class TrainingPlot(_Canvas):
         for ax in (self.ax, self.metric_ax):
             ax.clear()
             _style_axes(ax)
+        # clear() puts a twin axis' ticks and label back on the left
+        self.metric_ax.yaxis.tick_right()
+        self.metric_ax.yaxis.set_label_position("right")
         self.ax.set_xlabel("epoch", fontsize=8)
         self.ax.set_ylabel("training loss", fontsize=8, color=ACCENT)
         self.metric_ax.set_ylabel(self.metric_name, fontsize=8, color=SECOND)

@@ -267,7 +267,7 @@ class EvaluateWidget(QWidget):
         text = self.class_names.text().strip()
         if text:
             return ["background", *[n.strip() for n in text.split(",") if n.strip()]]
-        for combo in (self.gt_class_layer, self.gt_layer):
+        for combo in (self.gt_class_layer, self.gt_layer, self.pred_class_layer, self.pred_layer):
             layer = self._layer(combo)
             info = (layer.metadata.get("cellzoo") or {}) if layer is not None else {}
             if info.get("class_names"):

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtWidgets import (QApplication, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
-                            QGridLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListWidget,
-                            QListWidgetItem, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+                            QFrame, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListWidget,
+                            QListWidgetItem, QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget)
 from qtpy.QtCore import Qt
 
 from cellzoo._napari._plots import TrainingPlot
@@ -203,6 +203,7 @@ class FinetuneWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         self.plot = TrainingPlot(metric_name=f"validation {METRIC.upper()}")
+        self.plot.setMaximumHeight(200)
         self.comparison = QLabel("")
         self.comparison.setWordWrap(True)
         self.comparison.setTextFormat(Qt.TextFormat.RichText)
@@ -241,7 +242,17 @@ class FinetuneWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
-        layout = QVBoxLayout(self)
+        # the form is taller than a shared dock: scroll instead of squeezing the rows together
+        content = QWidget()
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
+        layout = QVBoxLayout(content)
         layout.addLayout(top)
         layout.addWidget(data)
         layout.addWidget(settings)
