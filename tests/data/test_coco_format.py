@@ -151,3 +151,19 @@ def test_errors_are_clear(tmp_path):
         to_coco([("a", np.zeros((2, 2), np.int32))], segmentation="mask")
     with pytest.raises(ValueError, match="unknown COCO segmentation"):
         segmentation_to_mask({"bits": 1}, 2, 2)
+
+
+def test_one_pass_rle_matches_pycocotools_encode_per_object(shared_data):
+    from pycocotools import mask as mask_utils
+
+    from cellzoo.data.coco import instance_rles
+
+    labels = read_labels(shared_data / "consep/stitched/test/inst/test_1.png")
+    labels[-1, -1] = labels.max() + 1  # an object on the last pixel (no trailing background run)
+    labels[0, 0] = labels.max() + 1    # and one on the first
+    rles = instance_rles(labels)
+    ids = np.unique(labels)[1:]
+    assert sorted(rles) == ids.tolist()
+    for index in ids[::7].tolist() + [int(labels[0, 0]), int(labels[-1, -1])]:
+        expected = mask_utils.encode(np.asfortranarray((labels == index).astype(np.uint8)))
+        assert rles[index]["counts"] == expected["counts"].decode() and rles[index]["size"] == expected["size"]

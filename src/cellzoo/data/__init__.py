@@ -12,7 +12,7 @@ from cellzoo.data.io import (IMAGE_SUFFIXES, LABEL_SUFFIXES, labels_as_int32, re
 from cellzoo.data.xml_annotations import (MONUSAC_CLASS_NAMES, labels_to_xml, read_xml_annotations,
                                           write_xml_annotations)
 from cellzoo.data.npy import PANNUKE_CLASS_NAMES, pannuke_masks_to_labels, read_npy, write_npy
-from cellzoo.data.coco import (coco_class_names, coco_to_labels, instances_to_coco_results,
+from cellzoo.data.coco import (coco_class_names, coco_to_labels, instance_rles, instances_to_coco_results,
                                labels_to_coco_annotations, read_coco, read_coco_results, segmentation_to_mask,
                                to_coco, write_coco, write_coco_results)
 from cellzoo.data.class_folders import read_class_folder, write_class_folder
@@ -29,7 +29,7 @@ __all__ = [
     "read_xml_annotations", "write_xml_annotations", "labels_to_xml",
     "read_npy", "write_npy", "pannuke_masks_to_labels", "PANNUKE_CLASS_NAMES",
     "read_coco", "write_coco", "to_coco", "labels_to_coco_annotations", "coco_to_labels", "coco_class_names",
-    "segmentation_to_mask", "instances_to_coco_results", "read_coco_results", "write_coco_results",
+    "segmentation_to_mask", "instance_rles", "instances_to_coco_results", "read_coco_results", "write_coco_results",
     "read_class_folder", "write_class_folder",
     "read_geojson", "write_geojson", "labels_to_geojson",
     "auto_read_annotation", "labels_to_polygons", "instance_classes",

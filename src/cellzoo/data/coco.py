@@ -13,7 +13,6 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 from pycocotools import mask as mask_utils
-from scipy import ndimage
 
 from cellzoo._atomic import atomic_write_text
 from cellzoo.data import _polygons
@@ -22,20 +21,40 @@ SEGMENTATION_KINDS = ("rle", "polygon")
 
 
 # ----------------------------------------------------------------------------- encoding
-def _instance_masks(labels: np.ndarray):
-    """Yield ``(id, full-size Fortran uint8 mask)`` per instance; only the object's box is compared."""
-    for index, box in enumerate(ndimage.find_objects(labels), start=1):
-        if box is None:
-            continue
-        mask = np.zeros(labels.shape, dtype=np.uint8, order="F")
-        mask[box] = labels[box] == index
-        yield index, mask
+def instance_rles(labels: np.ndarray) -> dict[int, dict]:
+    """Compressed COCO RLE (``counts`` as str) of every instance, from one pass over the label map.
 
-
-def _rle(mask_fortran: np.ndarray) -> dict:
-    rle = mask_utils.encode(mask_fortran)
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
+    Same result as ``pycocotools.mask.encode`` on each object's mask, but that needs one full-size
+    mask per object (about 1 s for 900 nuclei in a 1000×1000 tile; this takes ~0.04 s): here the
+    column-major runs of the whole map are split by id and handed to pycocotools as uncompressed RLE.
+    """
+    labels = np.asarray(labels)
+    height, width = labels.shape
+    flat = labels.ravel(order="F")
+    if flat.size == 0:
+        return {}
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    starts = np.concatenate([[0], edges])
+    ends = np.concatenate([edges, [flat.size]])
+    values = flat[starts]
+    keep = values != 0
+    order = np.argsort(values[keep], kind="stable")
+    starts, ends, values = starts[keep][order], ends[keep][order], values[keep][order]
+    ids, first = np.unique(values, return_index=True)
+    bounds = np.append(first, len(values))
+    rles: dict[int, dict] = {}
+    for k, index in enumerate(ids.tolist()):
+        run_starts, run_ends = starts[bounds[k]:bounds[k + 1]], ends[bounds[k]:bounds[k + 1]]
+        counts = np.empty(2 * len(run_starts) + 1, dtype=np.int64)
+        counts[0:-1:2] = run_starts - np.concatenate([[0], run_ends[:-1]])  # background before each run
+        counts[1::2] = run_ends - run_starts
+        counts[-1] = flat.size - run_ends[-1]
+        if counts[-1] == 0:
+            counts = counts[:-1]
+        rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)
+        rle["counts"] = rle["counts"].decode("ascii")
+        rles[int(index)] = rle
+    return rles
 
 
 def _bbox_area(rle: dict) -> tuple[list[float], int]:
@@ -63,8 +82,7 @@ def labels_to_coco_annotations(labels: np.ndarray, classes: np.ndarray | Mapping
     class_of = _class_lookup(labels, classes)
     polygons = dict(_polygons.labels_to_polygons(labels, tolerance)) if segmentation == "polygon" else {}
     annotations = []
-    for index, mask in _instance_masks(labels):
-        rle = _rle(mask)
+    for index, rle in instance_rles(labels).items():
         bbox, area = _bbox_area(rle)
         if segmentation == "polygon":
             seg: Any = [ring.ravel().round(3).tolist() for ring in polygons.get(index, [])]
@@ -247,8 +265,7 @@ def instances_to_coco_results(labels: np.ndarray, classes: np.ndarray | Mapping[
     class_of = _class_lookup(labels, classes)
     scores = scores or {}
     results = []
-    for index, mask in _instance_masks(labels):
-        rle = _rle(mask)
+    for index, rle in instance_rles(labels).items():
         bbox, _ = _bbox_area(rle)
         results.append({"image_id": int(image_id), "category_id": int(class_of.get(index, 1)),
                         "score": float(scores.get(index, 1.0)), "bbox": bbox, "segmentation": rle})
