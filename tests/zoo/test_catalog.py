@@ -131,3 +131,18 @@ def test_registry_pth_entry_gets_registry_config_over_detected_architecture(zoo_
     assert loaded.metadata["config"]["boundary_threshold"] == 5.0
     record = json.loads((zoo_env["cache"] / "recorded_sha256.json").read_text())
     assert record["authors.pth"]["source"] == "placed in the cache by hand"
+
+
+def test_embedded_model_metrics_come_from_its_metadata(zoo_env, monkeypatch):
+    """Embedded weights (written by the training script into zoo/embedded/) carry their measured metrics."""
+    from cellzoo.zoo import locations, save_weights
+
+    folder = zoo_env["tmp"] / "embedded"
+    monkeypatch.setattr(locations, "EMBEDDED_DIR", folder)
+    entry = registry_entry("tiny-embedded", embedded=True, urls=[], metrics={})
+    monkeypatch.setenv("CELLZOO_REGISTRY", str(write_registry(zoo_env["tmp"] / "r.json", [entry])))
+    assert zoo.model_status("tiny-embedded") == "missing"
+    save_weights(tiny_model(), folder / "tiny-embedded.safetensors", {"metrics": {"consep_test_pq": 0.5}})
+    info = zoo.get_model_info("tiny-embedded")
+    assert info.status == "embedded" and info.metrics == {"consep_test_pq": 0.5}
+    assert zoo.load_model("tiny-embedded").metadata["metrics"] == {"consep_test_pq": 0.5}

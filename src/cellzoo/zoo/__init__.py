@@ -12,7 +12,7 @@ Public API::
 """
 from .catalog import default_model_name, fetch, get_model_info, list_models, model_status, register_model, user_models
 from .converters import convert_checkpoint, detect_family, unwrap_state_dict
-from .fetch import FetchError, GoogleDriveDownloader, cache_dir
+from .downloads import FetchError, GoogleDriveDownloader, cache_dir
 from .loading import load_model, model_from_checkpoint
 from .locations import user_model_dir
 from .registry import STATUSES, ModelInfo, load_registry

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from .fetch import cached_path, download_urls, embedded_path, fetch_info
+from .downloads import cached_path, download_urls, embedded_path, fetch_info
 from .locations import user_model_dir
 from .registry import NAME_PATTERN, ModelInfo, load_registry
 
@@ -26,6 +26,14 @@ def _with_status(info: ModelInfo) -> ModelInfo:
     if info.embedded:
         path = embedded_path(info)
         info.status, info.path = ("embedded", path) if path.is_file() else ("missing", None)
+        if info.path is not None and not info.metrics:
+            # the training script records measured metrics in the weights' own metadata
+            from .weights import read_metadata
+
+            try:
+                info.metrics = dict(read_metadata(path).get("metrics") or {})
+            except ValueError:
+                pass
         return info
     path = cached_path(info)
     if path.is_file():

@@ -10,7 +10,7 @@ import torch
 from ..models import CellModel, build_model
 from .catalog import get_model_info
 from .converters import ARCHITECTURE_KEYS, convert_checkpoint
-from .fetch import fetch_info
+from .downloads import fetch_info
 from .registry import ModelInfo
 
 _CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin", ".pkl")

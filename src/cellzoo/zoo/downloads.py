@@ -20,7 +20,8 @@ from typing import Any, Callable
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit, urlunsplit
 
 from .._atomic import atomic_write_text
-from .locations import EMBEDDED_DIR, cache_dir, mirror_url
+from . import locations
+from .locations import cache_dir, mirror_url
 from .registry import ModelInfo
 
 RECORDED_HASHES = "recorded_sha256.json"
@@ -254,7 +255,7 @@ def _verify_cached(info: ModelInfo, path: Path) -> bool:
 
 # ----------------------------------------------------------------------------- fetching
 def embedded_path(info: ModelInfo) -> Path:
-    return EMBEDDED_DIR / info.filename
+    return locations.EMBEDDED_DIR / info.filename
 
 
 def cached_path(info: ModelInfo) -> Path:

@@ -180,7 +180,7 @@ def test_google_drive_page_without_form_is_an_error(server, tmp_path):
 
 
 def test_drive_links_are_routed_to_the_drive_downloader():
-    from cellzoo.zoo.fetch import drive_direct_url, is_drive_url
+    from cellzoo.zoo.downloads import drive_direct_url, is_drive_url
 
     url = "https://drive.google.com/file/d/1082dGUDeGQQwiOxylXmgU5ueArpGs2Ib/view?usp=sharing"
     assert is_drive_url(url) and not is_drive_url("https://example.org/file/d/x/view")
