@@ -168,3 +168,18 @@ def test_weights_round_trip(tmp_path, shared_data):
     x = model.preprocess(image)
     a, b = model([x])[0], loaded([x])[0]
     assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
+
+
+def test_box_local_masks_paint_like_full_size_masks(shared_data):
+    # the tiled engine keeps masks box-local (mask_probs); they must paint exactly like the full-size ones
+    model = small(box_score_thresh=0.0).eval()
+    image, _ = dsb_crop(shared_data, 96)
+    x = model.preprocess(image)
+    full = model([x])[0]
+    local = model([x], paste_masks=False)[0]
+    assert "masks" not in local and local["mask_probs"].shape[1:] == (28, 28)
+    params = {"score_threshold": 0.0, "mask_threshold": 0.5}
+    a = model.postprocess(full, **params)
+    b = model.postprocess(local, image_shape=image.shape[:2], **params)
+    assert a.count > 0
+    assert np.array_equal(a.labels, b.labels) and a.scores == b.scores

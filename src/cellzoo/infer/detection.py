@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torchvision.ops import batched_nms
 
-from ..models._detection_common import MaskCrop, masks_to_crops, paint_instances
+from ..models._detection_common import MaskCrop, crops_from_mask_probs, masks_to_crops, paint_instances
 from ..types import Instances, Progress, check_cancel
 from .device import autocast
 
@@ -29,7 +29,8 @@ EDGE_MARGIN = 2
 @dataclass
 class TileDetections:
     """Detections of one tile; ``top``/``left``: the tile's origin in image coordinates (may be negative
-    when the tile reads padding); ``masks``: N×h×w probabilities (or booleans) at tile size."""
+    when the tile reads padding); ``masks``: N×h×w probabilities (or booleans) at tile size, or instead
+    ``mask_probs``: N×M×M probabilities inside each box (tile coordinates)."""
 
     top: int
     left: int
@@ -38,18 +39,21 @@ class TileDetections:
     boxes: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
-    masks: np.ndarray
+    masks: np.ndarray | None = None
+    mask_probs: np.ndarray | None = None
 
 
 def _to_numpy(detections: dict[str, Any]) -> dict[str, np.ndarray]:
     out = {}
-    for key in ("boxes", "scores", "labels", "masks"):
+    for key in ("boxes", "scores", "labels", "masks", "mask_probs"):
+        if key not in detections:
+            continue
         value = detections[key]
         if isinstance(value, torch.Tensor):
             value = value.detach()
             value = value.float().cpu().numpy() if value.is_floating_point() else value.cpu().numpy()
         out[key] = np.asarray(value)
-    if out["masks"].ndim == 4:  # torchvision's N×1×H×W
+    if "masks" in out and out["masks"].ndim == 4:  # torchvision's N×1×H×W
         out["masks"] = out["masks"][:, 0]
     return out
 
@@ -61,8 +65,10 @@ def merge_hflip(detections: dict[str, torch.Tensor], flipped: dict[str, torch.Te
     boxes[:, 0], boxes[:, 2] = width - flipped["boxes"][:, 2], width - flipped["boxes"][:, 0]
     merged = {"boxes": torch.cat([detections["boxes"], boxes]),
               "scores": torch.cat([detections["scores"], flipped["scores"]]),
-              "labels": torch.cat([detections["labels"], flipped["labels"]]),
-              "masks": torch.cat([detections["masks"], flipped["masks"].flip(-1)])}
+              "labels": torch.cat([detections["labels"], flipped["labels"]])}
+    for key in ("masks", "mask_probs"):  # full-size masks or box-local ones: both mirror along x
+        if key in detections:
+            merged[key] = torch.cat([detections[key], flipped[key].flip(-1)])
     keep = batched_nms(merged["boxes"].float(), merged["scores"].float(), merged["labels"], iou)[:max_detections]
     return {k: v[keep] for k, v in merged.items()}
 
@@ -73,8 +79,13 @@ def tile_crops(tile: TileDetections, image_shape: tuple[int, int], *, score_thre
     whether it touches a tile edge that lies inside the image (the object may continue beyond it)."""
     height, width = image_shape
     keep = tile.scores >= score_threshold
-    crops = masks_to_crops(tile.masks[keep], tile.scores[keep], tile.labels[keep], mask_threshold=mask_threshold,
-                           offset=(tile.top, tile.left))
+    if tile.mask_probs is not None:
+        crops = crops_from_mask_probs(tile.mask_probs[keep], tile.boxes[keep], tile.scores[keep], tile.labels[keep],
+                                      mask_threshold=mask_threshold, bounds=(tile.height, tile.width),
+                                      offset=(tile.top, tile.left))
+    else:
+        crops = masks_to_crops(tile.masks[keep], tile.scores[keep], tile.labels[keep],
+                               mask_threshold=mask_threshold, offset=(tile.top, tile.left))
     inner_top = tile.top > 0
     inner_left = tile.left > 0
     inner_bottom = tile.top + tile.height < height
@@ -148,10 +159,11 @@ def stitch_tile_detections(tiles: Sequence[TileDetections], image_shape: tuple[i
 
 
 def detect_tiles(model, batch: torch.Tensor, *, tta: bool = False, tta_nms_iou: float = 0.5) -> list[dict]:
-    """Run the detector on a B×C×H×W batch (eval mode); with ``tta`` also on its mirror, merged by NMS."""
-    outputs = model(batch)
+    """Run the detector on a B×C×H×W batch (eval mode); with ``tta`` also on its mirror, merged by NMS.
+    Masks stay box-local (``mask_probs``)."""
+    outputs = model(batch, paste_masks=False)
     if tta:
-        flipped = model(batch.flip(-1))
+        flipped = model(batch.flip(-1), paste_masks=False)
         limit = int(getattr(model.config, "detections_per_img", 1000))
         outputs = [merge_hflip(o, f, batch.shape[-1], iou=tta_nms_iou, max_detections=limit)
                    for o, f in zip(outputs, flipped)]
@@ -167,6 +179,8 @@ def segment_detection_iter(model, tensor: torch.Tensor, plan, *, batch_size: int
     ``tensor[:, y:y + tile_h, x:x + tile_w]``, which starts at image pixel ``(y - halo, x - halo)``).
     """
     del channels_last  # detection heads gain nothing from it
+    # autocast only on CUDA: bf16 anchors / box coordinates (CPU autocast) are off by several pixels
+    dtype = dtype if torch.device(device).type == "cuda" else None
     score_threshold = float(params.get("score_threshold", 0.5))
     mask_threshold = float(params.get("mask_threshold", 0.5))
     tile_h, tile_w = plan.tile_shape
@@ -184,9 +198,10 @@ def segment_detection_iter(model, tensor: torch.Tensor, plan, *, batch_size: int
                 outputs = detect_tiles(model, batch, tta=tta, tta_nms_iou=float(params.get("tta_nms_iou", 0.5)))
             for (_r, _c, y, x), det in zip(group, outputs):
                 det = _to_numpy(det)
-                keep = det["scores"] >= score_threshold  # drop the bulk early: masks are tile-sized
+                keep = det["scores"] >= score_threshold
                 tiles.append(TileDetections(y - halo, x - halo, tile_h, tile_w, det["boxes"][keep],
-                                            det["scores"][keep], det["labels"][keep], det["masks"][keep]))
+                                            det["scores"][keep], det["labels"][keep],
+                                            mask_probs=det["mask_probs"][keep]))
             done += len(group)
             yield Progress("tiles", done, len(positions))
     check_cancel(cancel)

@@ -23,7 +23,8 @@ from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
-from torchvision.models.detection.roi_heads import paste_masks_in_image, project_masks_on_boxes
+from torchvision.models.detection.roi_heads import (expand_boxes, expand_masks, paste_masks_in_image,
+                                                    project_masks_on_boxes)
 from torchvision.models.detection.rpn import AnchorGenerator, RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes, roi_align
 
@@ -117,6 +118,36 @@ def masks_to_crops(masks: np.ndarray, scores: np.ndarray, labels: np.ndarray, *,
             continue
         ys, xs = sl[0]
         crops.append(MaskCrop(ys.start + offset[0], xs.start + offset[1], binary[ys, xs].copy(), float(s), int(c)))
+    return crops
+
+
+def crops_from_mask_probs(mask_probs: torch.Tensor | np.ndarray, boxes, scores, labels, *, mask_threshold: float,
+                          bounds: tuple[int, int], offset: tuple[int, int] = (0, 0)) -> list[MaskCrop]:
+    """Low-resolution mask probabilities (N×M×M, as the mask head predicts them inside each box) → binary
+    :class:`MaskCrop` list, resized only to each box (as torchvision's ``paste_masks_in_image`` does, but
+    without allocating N full-size images).  Crops are clipped to ``bounds`` = (height, width)."""
+    probs = torch.as_tensor(mask_probs, dtype=torch.float32)
+    boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    if probs.shape[0] == 0:
+        return []
+    padded, scale = expand_masks(probs[:, None], padding=1)
+    boxes = expand_boxes(boxes, scale).to(torch.int64)
+    crops = []
+    height, width = bounds
+    for prob, box, score, label in zip(padded, boxes.tolist(), np.asarray(scores), np.asarray(labels)):
+        x0, y0, x1, y1 = box
+        w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
+        binary = F.interpolate(prob[None], size=(h, w), mode="bilinear", align_corners=False)[0, 0] >= mask_threshold
+        cy0, cx0, cy1, cx1 = max(y0, 0), max(x0, 0), min(y0 + h, height), min(x0 + w, width)
+        if cy1 <= cy0 or cx1 <= cx0:
+            continue
+        binary = binary[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0].numpy()
+        if not binary.any():
+            continue
+        rows, cols = np.flatnonzero(binary.any(1)), np.flatnonzero(binary.any(0))
+        binary = binary[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        crops.append(MaskCrop(cy0 + int(rows[0]) + offset[0], cx0 + int(cols[0]) + offset[1], binary.copy(),
+                              float(score), int(label)))
     return crops
 
 
@@ -333,8 +364,8 @@ class CascadeRoIHeads(nn.Module):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def forward_test(self, features, proposals: list[torch.Tensor], image_sizes, semantic_embedding=None
-                     ) -> list[dict[str, torch.Tensor]]:
+    def forward_test(self, features, proposals: list[torch.Tensor], image_sizes, semantic_embedding=None,
+                     paste_masks: bool = True) -> list[dict[str, torch.Tensor]]:
         rois = proposals
         stage_probs = []
         boxes = rois
@@ -367,7 +398,10 @@ class CascadeRoIHeads(nn.Module):
         else:
             per_image = [torch.zeros((0, 28, 28), device=det_boxes[0].device) for _ in det_boxes]
         for r, m, size in zip(results, per_image, image_sizes):
-            r["masks"] = paste_masks_in_image(m[:, None], r["boxes"], size, padding=1)[:, 0]
+            if paste_masks:
+                r["masks"] = paste_masks_in_image(m[:, None], r["boxes"], size, padding=1)[:, 0]
+            else:
+                r["mask_probs"] = m
         return results
 
 
@@ -434,9 +468,11 @@ class TwoStageDetector(CellModel):
             b[:, : im.shape[-2], : im.shape[-1]].copy_(im)
         return ImageList(batch, sizes)
 
-    def forward(self, images, targets: list[dict[str, torch.Tensor]] | None = None):
+    def forward(self, images, targets: list[dict[str, torch.Tensor]] | None = None, *, paste_masks: bool = True):
         """``images``: list of preprocessed C×H×W tensors or a B×C×H×W batch.  Training (``targets`` given,
-        each from :meth:`targets` as tensors): loss dict with ``"total"``.  Eval: list of detection dicts."""
+        each from :meth:`targets` as tensors): loss dict with ``"total"``.  Eval: list of detection dicts;
+        with ``paste_masks=False`` they hold ``mask_probs`` (N×28×28 inside each box) instead of full-size
+        ``masks`` (what the tiled engine uses: N full-size masks per tile would cost N×H×W floats)."""
         image_list = self._to_image_list(images)
         features = self.backbone(image_list.tensors)
         semantic_logits = semantic_embedding = None
@@ -458,7 +494,8 @@ class TwoStageDetector(CellModel):
             losses["total"] = sum(losses.values())
             return losses
         proposals, _ = self.rpn(image_list, rpn_features)
-        return self.roi_heads.forward_test(features, proposals, image_list.image_sizes, semantic_embedding)
+        return self.roi_heads.forward_test(features, proposals, image_list.image_sizes, semantic_embedding,
+                                           paste_masks=paste_masks)
 
     def _semantic_loss(self, logits, targets, image_list) -> torch.Tensor:
         # CE on the full-resolution target (logits upsampled) so that 1-px boundaries are not lost by the
@@ -486,8 +523,17 @@ class TwoStageDetector(CellModel):
         """Detections of one image (tensors or numpy; ``masks`` N×H×W probabilities) → :class:`Instances`
         painted by descending score (no overlaps)."""
         p = {**self.default_postprocess_params(), **params}
-        det = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in maps.items()}
+        det = {k: (v.detach().float().cpu().numpy() if isinstance(v, torch.Tensor) and v.is_floating_point()
+                   else v.cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in maps.items()}
         keep = det["scores"] >= p["score_threshold"]
-        crops = masks_to_crops(det["masks"][keep], det["scores"][keep], det["labels"][keep],
-                               mask_threshold=p["mask_threshold"])
-        return paint_instances(crops, tuple(det["masks"].shape[-2:]), self.class_names, min_area=p["min_area"])
+        if "masks" in det:
+            shape = tuple(det["masks"].shape[-2:])
+            crops = masks_to_crops(det["masks"][keep], det["scores"][keep], det["labels"][keep],
+                                   mask_threshold=p["mask_threshold"])
+        else:  # compact masks: the caller says how large the image is
+            if "image_shape" not in p:
+                raise ValueError("detections with mask_probs need image_shape=(height, width) to be painted")
+            shape = tuple(int(v) for v in p["image_shape"])
+            crops = crops_from_mask_probs(det["mask_probs"][keep], det["boxes"][keep], det["scores"][keep],
+                                          det["labels"][keep], mask_threshold=p["mask_threshold"], bounds=shape)
+        return paint_instances(crops, shape, self.class_names, min_area=p["min_area"])
