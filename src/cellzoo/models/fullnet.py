@@ -171,6 +171,11 @@ class FullNet(CellModel):
         return 1
 
     @property
+    def min_tile(self) -> int:
+        # keep at least 64 px of each tile outside the halo, else tiles overlap almost completely
+        return 2 * self.halo + 64
+
+    @property
     def class_names(self) -> list[str]:
         return class_names_for(2, self.config.class_names)
 

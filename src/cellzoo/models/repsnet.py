@@ -469,7 +469,8 @@ class RepSNet(CellModel):
 
     @property
     def min_tile(self) -> int:
-        return max(64, 4 * self.size_divisor)
+        # keep at least 64 px of each tile outside the halo on both sides, else tiling degenerates
+        return -(-(2 * self.halo + 64) // self.size_divisor) * self.size_divisor
 
     @property
     def class_names(self) -> list[str]:
