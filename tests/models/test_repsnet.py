@@ -286,3 +286,25 @@ def test_saved_deploy_model_rebuilds_in_deploy_form(tmp_path):
     x = torch.rand(1, 3, 32, 32) * 255
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(x)["type"], model(x)["type"])
+
+
+def test_attach_to_nearest_equals_euclidean_nearest(shared_data):
+    from scipy import ndimage
+
+    from cellzoo.models.repsnet import attach_to_nearest
+
+    labels = io.imread(shared_data / "consep/train/inst/train_1_004.png").astype(np.int32)[:80, :80]
+    rng = np.random.default_rng(0)
+    holes = (rng.random(labels.shape) < 0.3) | (labels == 0)
+    sparse = np.where(holes, 0, labels)
+    out = sparse.copy()
+    attach_to_nearest(out, holes, 3.0)
+    dist = ndimage.distance_transform_edt(sparse == 0)
+    # exactly the candidates within 3 px of some instance got an id ...
+    np.testing.assert_array_equal(out[holes] > 0, dist[holes] <= 3.0)
+    # ... and that id's nearest pixel is as close as the overall nearest (ties may pick either)
+    ys, xs = np.nonzero(holes & (out > 0))
+    for y, x in zip(ys[::7], xs[::7]):
+        py, px = np.nonzero(sparse == out[y, x])
+        assert np.isclose(np.sqrt((py - y) ** 2 + (px - x) ** 2).min(), dist[y, x])
+    np.testing.assert_array_equal(out[~holes], sparse[~holes])
