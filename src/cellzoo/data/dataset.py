@@ -327,8 +327,8 @@ class Dataset(Sequence):
         samples = [p for p in folders if any(f.stem.lower() == "image" for f in p.iterdir())]
         if not samples:
             raise ValueError(f"no sample folders with image.<ext> + class1..classN in {root}.")
-        top = max(int(m.group(1)) for p in samples for f in p.iterdir()
-                  if (m := re.match(r"^class(\d+)$", f.stem, re.IGNORECASE)))
+        top = max((int(m.group(1)) for p in samples for f in p.iterdir()
+                   if (m := re.match(r"^class(\d+)$", f.stem, re.IGNORECASE))), default=1)
         if class_names is None:
             class_names = ["background"] + [f"class_{k}" for k in range(1, top + 1)]
         return cls([p.name for p in samples], [functools.partial(_load_class_folder, p.name, p) for p in samples],
