@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cellzoo._atomic import atomic_write_text
 from cellzoo.data import load_shared_dataset
 from cellzoo.infer import segment
 from cellzoo.infer.device import select_device
@@ -87,7 +88,11 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--eval-only", default=None, metavar="WEIGHTS",
+                   help="skip training: score this checkpoint on the test split and record the metrics")
     args = p.parse_args(argv)
+    if args.eval_only:
+        return record_test(args, Path(args.eval_only), train_seconds=None)
 
     torch.manual_seed(0)
     data = load_shared_dataset(args.data, "train")
@@ -122,19 +127,23 @@ def main(argv=None) -> int:
 
     result = run_to_end(train_iter(model, train_samples, val_samples, config), report)
     train_seconds = time.perf_counter() - started
-    best_path = result.best_path or result.last_path
-    best, meta = load_weights(best_path)
+    return record_test(args, result.best_path or result.last_path, train_seconds)
+
+
+def record_test(args, weights: Path, train_seconds: float | None) -> int:
+    _device, device_name = select_device(args.device)
+    best, meta = load_weights(weights)
     test = load_shared_dataset(args.data, "test")
     test_samples = list(test)[: args.max_test]
     metrics = test_metrics(best, test_samples, args.device)
     print("test", json.dumps(metrics), flush=True)
     meta.update(name=f"{args.family}_{args.data}", metrics_test=metrics, test_split=f"{args.data} test",
-                device=device_name, train_seconds=round(train_seconds, 1),
+                device=device_name, train_seconds=None if train_seconds is None else round(train_seconds, 1),
                 licence="CC0-1.0 data" if args.data == "dsb2018" else "research / non-commercial data")
     out = Path(args.out)
     final = save_weights(best, out / f"{args.family}_{args.data}.safetensors", meta)
-    (out / "test_metrics.json").write_text(json.dumps({"weights": str(final), "device": device_name,
-                                                        "train_seconds": train_seconds, **metrics}, indent=1))
+    atomic_write_text(out / "test_metrics.json", json.dumps({"weights": str(final), "device": device_name,
+                                                             "train_seconds": train_seconds, **metrics}, indent=1))
     print(f"wrote {final}")
     return 0
 
