@@ -135,17 +135,20 @@ class Job:
 
     # --------------------------------------------------------------- progress bar (main thread)
     def _progress(self, event: Progress) -> None:
-        if self._pbar is None:
+        # a local reference: updating the bar lets Qt process events, and a queued `finished`
+        # may close it (setting self._pbar to None) in the middle of this update
+        pbar = self._pbar
+        if pbar is None:
             return
         total = max(int(event.total), 0)
-        if self._pbar.total != total:
-            self._pbar.total = total
-        self._pbar.n = min(int(event.done), total) if total else int(event.done)
+        if pbar.total != total:
+            pbar.total = total
+        pbar.n = min(int(event.done), total) if total else int(event.done)
         label = f"{self.description}: {event.stage}"
         if event.message:
             label += f" ({event.message})"
-        self._pbar.set_description(label)
-        self._pbar.refresh()
+        pbar.set_description(label)
+        pbar.refresh()
 
     def _close_progress(self) -> None:
         if self._pbar is not None:

@@ -16,6 +16,7 @@ reverts both.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,6 +43,16 @@ HELP = ("<b>Mouse</b> (pan/zoom mode): Shift+click delete · Ctrl+click select �
         "<b>Keys</b>: Shift+M merge · Shift+S split · Shift+C class · Shift+N new · Ctrl+Z undo · Ctrl+Shift+Z redo")
 
 
+@dataclass
+class _Edit:
+    """One undo step: the plane, the layers whose napari history holds it, the score table around it."""
+
+    plane: tuple[int, ...]
+    layers: list
+    scores_before: dict[int, float]
+    scores_after: dict[int, float]
+
+
 def default_training_folder() -> Path:
     return Path(os.environ.get("CELLZOO_TRAINING_SET", Path.home() / "cellzoo-training-set"))
 
@@ -55,8 +66,8 @@ class CorrectWidget(QWidget):
         self.layer = None           # the instances Labels layer being edited
         self.classes_layer = None
         self.selection: set[int] = set()
-        self._undo: list[tuple[tuple[int, ...], list]] = []
-        self._redo: list[tuple[tuple[int, ...], list]] = []
+        self._undo: list[_Edit] = []
+        self._redo: list[_Edit] = []
         self._applying = False
         self._seeds_layer = None
 
@@ -313,11 +324,23 @@ class CorrectWidget(QWidget):
             layer.refresh()
         return True
 
-    def apply(self, labels: np.ndarray | None = None, classes: np.ndarray | None = None, what: str = "") -> bool:
-        """Write a new labels and/or classes plane as one undoable edit; keep classes and table in sync."""
+    def apply(self, labels: np.ndarray | None = None, classes: np.ndarray | None = None, what: str = "",
+              scores: dict[int, float] | None = None) -> bool:
+        """Write a new labels and/or classes plane as one undoable edit; keep classes and table in sync.
+
+        Instances whose pixels change lose their model score (NaN in the table: edited by hand),
+        unless ``scores`` gives the new score table (relabelling keeps each object's score).
+        """
         plane = self.plane()
+        scores_before = dict(self.info["scores"])
         if labels is not None and classes is None:
             classes = annotate.sync_classes(labels, self.classes_plane(), default_class=self.current_class())
+        if labels is not None:
+            if scores is None:
+                old = self.labels_plane()
+                touched = set(np.unique(old[old != labels]).tolist()) | set(np.unique(labels[old != labels]).tolist())
+                scores = {k: v for k, v in scores_before.items() if k not in touched}
+            self.info["scores"] = scores
         changed = []
         self._applying = True
         try:
@@ -328,9 +351,10 @@ class CorrectWidget(QWidget):
         finally:
             self._applying = False
         if not changed:
+            self.info["scores"] = scores_before
             self.status_label.setText(f"{what}: nothing changed.")
             return False
-        self._undo.append((plane, changed))
+        self._undo.append(_Edit(plane, changed, scores_before, dict(self.info["scores"])))
         self._redo.clear()
         self._update_features(plane)
         self.selection &= set(np.unique(self.labels_plane()).tolist())
@@ -367,7 +391,9 @@ class CorrectWidget(QWidget):
             changed_classes = self._write(self.classes_layer, classes, plane)
         finally:
             self._applying = False
-        self._undo.append((plane, [self.layer, self.classes_layer] if changed_classes else [self.layer]))
+        scores = dict(self.info["scores"])
+        self._undo.append(_Edit(plane, [self.layer, self.classes_layer] if changed_classes else [self.layer],
+                                scores, scores))
         self._redo.clear()
         self._update_features(plane)
 
@@ -375,7 +401,8 @@ class CorrectWidget(QWidget):
         if self._applying or self.layer is None:
             return
         plane = self.plane()
-        self._undo.append((plane, [self.classes_layer]))
+        scores = dict(self.info["scores"])
+        self._undo.append(_Edit(plane, [self.classes_layer], scores, scores))
         self._redo.clear()
         self._update_features(plane)
 
@@ -390,15 +417,16 @@ class CorrectWidget(QWidget):
         if not source:
             self.status_label.setText("Nothing to undo." if undoing else "Nothing to redo.")
             return
-        plane, layers = source.pop()
+        edit = source.pop()
         self._applying = True
         try:
-            for layer in (reversed(layers) if undoing else layers):
+            for layer in (reversed(edit.layers) if undoing else edit.layers):
                 layer.undo() if undoing else layer.redo()
         finally:
             self._applying = False
-        target.append((plane, layers))
-        self._update_features(plane)
+        target.append(edit)
+        self.info["scores"] = dict(edit.scores_before if undoing else edit.scores_after)
+        self._update_features(edit.plane)
         self.selection &= set(np.unique(self.labels_plane()).tolist())
         self._show_selection()
         self.status_label.setText("Undone." if undoing else "Redone.")
@@ -544,10 +572,9 @@ class CorrectWidget(QWidget):
             others = np.asarray(self.layer.data).copy()
             others[self.plane()] = 0
             relabeled = np.where(relabeled > 0, relabeled + int(others.max()), 0).astype(np.int32)
-        scores = self.info["scores"]
         mapping = {int(old): int(new) for old, new in zip(labels[labels > 0], relabeled[labels > 0])}
-        self.info["scores"] = {mapping.get(k, k): v for k, v in scores.items()}
-        self.apply(relabeled, what="Relabel")
+        scores = {mapping.get(k, k): v for k, v in self.info["scores"].items()}
+        self.apply(relabeled, what="Relabel", scores=scores)
 
     # ------------------------------------------------------------------ training set
     def _browse(self) -> None:
