@@ -90,3 +90,12 @@ def test_training_set_failure_mid_add_removes_written_files(tmp_path):
     with pytest.raises(OSError):  # images/ and labels/ are written, classes/ cannot be created
         TrainingSetWriter(folder).add(np.zeros((8, 8), np.uint8), labels, source_layer="second")
     assert not list(folder.rglob("*.tif")) and not (folder / "manifest.json").exists()
+
+
+def test_training_set_expands_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    labels = np.zeros((6, 6), np.int32)
+    labels[1:3, 1:3] = 1
+    TrainingSetWriter("~/set").add(np.zeros((6, 6), np.uint8), labels, source_layer="x")
+    assert (tmp_path / "set" / "manifest.json").is_file()
+    assert [s.name for s in read_training_set("~/set")] == ["x"]

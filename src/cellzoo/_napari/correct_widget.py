@@ -587,7 +587,7 @@ class CorrectWidget(QWidget):
         reason = None
         if not folder:
             reason = "Choose a folder for the training set."
-        elif Path(folder).exists() and not Path(folder).is_dir():
+        elif Path(folder).expanduser().exists() and not Path(folder).expanduser().is_dir():
             reason = f"{folder} is a file; choose a folder."
         valid = mark_field(self.folder_edit, reason)
         has_layer = self.layer is not None

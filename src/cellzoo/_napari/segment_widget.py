@@ -206,6 +206,10 @@ class SegmentWidget(QWidget):
     def refresh_models(self) -> None:
         """Re-read the zoo (e.g. after a fine-tuned model was saved) keeping the selection."""
         self._fill_models()
+        # user models can be replaced on disk under the same name: load them afresh next time
+        for name in [n for n in self._models if getattr(self._infos.get(n), "status", "user") == "user"]:
+            del self._models[name]
+            self._defaults.pop(name, None)
         self._on_model_changed()
 
     def _image_layers(self):

@@ -48,7 +48,7 @@ class TrainingSetWriter:
     """Append annotated images to a training-set folder (created if missing)."""
 
     def __init__(self, folder: str | os.PathLike) -> None:
-        self.folder = Path(folder)
+        self.folder = Path(folder).expanduser()
         if self.folder.exists() and not self.folder.is_dir():
             raise ValueError(f"{self.folder} is a file; choose a folder for the training set.")
 
@@ -130,7 +130,7 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
 
 def read_training_set(folder: str | os.PathLike) -> list[Sample]:
     """All entries of a training-set folder as :class:`~cellzoo.data.sample.Sample` objects."""
-    folder = Path(folder)
+    folder = Path(folder).expanduser()
     samples = []
     for entry in _read_manifest(folder)["entries"]:
         name = entry["name"]
