@@ -1,0 +1,140 @@
+"""Train the embedded default models on ../shared/data train splits only.
+
+    python scripts/train_defaults.py he   --minutes 80 --out runs/he
+    python scripts/train_defaults.py fluo --minutes 80 --out runs/fluo
+
+``he``: narrow RepSNet with the 4 CoNSeP types, trained on CoNSeP train patches (typed) + MoNuSeg train
+(untyped: those nuclei are ignored by the type losses). ``fluo``: narrow class-agnostic RepSNet on DSB 2018
+train. Validation images are carved from the train splits (by CoNSeP tile, so overlapping patches never
+straddle the split). The run stops after ``--minutes`` and keeps the best checkpoint by validation PQ;
+``scripts/finalize_default.py`` then tunes post-processing on validation, scores the test split and
+embeds the weights.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cellzoo.data import load_shared_dataset
+from cellzoo.data.sample import Sample
+from cellzoo.models import build_model
+from cellzoo.train import TrainConfig, train_iter
+from cellzoo.types import Cancelled, CancelToken, Message, TrainStep, Validation
+
+CONSEP_CLASSES = ("background", "other", "inflammatory", "epithelial", "spindle-shaped")
+
+
+def tiles_of(sample: Sample, size: int, stride: int) -> list[Sample]:
+    """Cut a large image into overlapping tiles so that sampling per tile weighs images by their area."""
+    h, w = sample.labels.shape
+    ys = list(range(0, max(h - size, 0) + 1, stride)) or [0]
+    xs = list(range(0, max(w - size, 0) + 1, stride)) or [0]
+    out = []
+    for y in ys:
+        for x in xs:
+            sl = (slice(y, y + size), slice(x, x + size))
+            out.append(Sample(f"{sample.name}_{y}_{x}", sample.image[sl], sample.labels[sl],
+                              None if sample.classes is None else sample.classes[sl]))
+    return out
+
+
+def materialise(dataset) -> list[Sample]:
+    return [dataset[i] for i in range(len(dataset))]
+
+
+def he_data(seed: int):
+    consep = load_shared_dataset("consep", "train")
+    consep_train, consep_val = consep.split(0.1, seed=seed)
+    monuseg = load_shared_dataset("monuseg2018", "train")
+    monuseg_train, monuseg_val = monuseg.split(0.1, seed=seed)
+    train = materialise(consep_train)
+    for sample in materialise(monuseg_train):
+        train += tiles_of(sample, 333, 222)
+    val = materialise(consep_val)[:6] + [t for s in materialise(monuseg_val) for t in tiles_of(s, 512, 488)][:4]
+    return train, val, "CoNSeP train patches (typed) + MoNuSeg 2018 train (untyped)"
+
+
+def fluo_data(seed: int):
+    dsb = load_shared_dataset("dsb2018", "train")
+    train, val = dsb.split(0.1, seed=seed)
+    return materialise(train), materialise(val)[:16], "DSB 2018 train (StarDist subset)"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("which", choices=["he", "fluo"])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--minutes", type=float, default=60.0)
+    parser.add_argument("--filters", default="16,32,64,128")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--crop", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--steps-per-epoch", type=int, default=60)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=322)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    filters = tuple(int(f) for f in args.filters.split(","))
+    if args.which == "he":
+        train, val, data_name = he_data(args.seed)
+        model = build_model("repsnet", {"variant": "S", "filters": filters, "num_classes": 5,
+                                        "class_names": CONSEP_CLASSES, "boundary_threshold": 4})
+        augment = "default"
+    else:
+        train, val, data_name = fluo_data(args.seed)
+        model = build_model("repsnet", {"variant": "S", "filters": filters, "num_classes": 2,
+                                        "class_names": ("background", "nucleus"), "boundary_threshold": 5})
+        augment = "fluorescence"
+    config = TrainConfig(epochs=10_000, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
+                         lr=args.lr, crop=args.crop, augment=augment, oversample_rare=args.which == "he",
+                         seed=args.seed, out_dir=args.out, resume=args.resume, max_val_images=None,
+                         data_name=data_name, scheduler="plateau", device="cpu")
+    print(f"{args.which}: {len(train)} training tiles, {len(val)} validation images, filters {filters}, "
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters", flush=True)
+
+    cancel = CancelToken()
+    timer = threading.Timer(args.minutes * 60, cancel.cancel)
+    timer.daemon = True
+    timer.start()
+    started = time.time()
+    gen = train_iter(model, train, val, config, cancel)
+    try:
+        while True:
+            event = next(gen)
+            if isinstance(event, TrainStep) and event.step % 10 == 0:
+                print(f"[{(time.time() - started) / 60:6.1f} min] epoch {event.epoch} step {event.step} "
+                      f"loss {event.losses['total']:.3f} lr {event.lr:.2e}", flush=True)
+            elif isinstance(event, Validation):
+                print(f"[{(time.time() - started) / 60:6.1f} min] validation epoch {event.epoch}: "
+                      + ", ".join(f"{k} {v:.3f}" for k, v in event.metrics.items())
+                      + (" (best)" if event.best else ""), flush=True)
+            elif isinstance(event, Message):
+                print(event.text, flush=True)
+    except StopIteration as stop:
+        result = stop.value
+        best_path, best_pq, epochs = result.best_path, result.best_metric, len(result.history)
+    except Cancelled:  # the time budget ran out during validation; best.safetensors is already on disk
+        history = json.loads(Path(args.out, "history.json").read_text())
+        best_path, best_pq, epochs = Path(args.out, "best.safetensors"), max(
+            h["metrics"].get("pq", 0) for h in history), len(history)
+    summary = {"which": args.which, "minutes": (time.time() - started) / 60, "best_path": str(best_path),
+               "best_val_pq": best_pq, "epochs": epochs, "filters": filters,
+               "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, CPU",
+               "data": data_name}
+    Path(args.out, "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
