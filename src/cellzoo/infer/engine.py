@@ -35,6 +35,10 @@ def resolve_model(model_or_name: CellModel | str | os.PathLike, device: str | to
     if isinstance(model_or_name, torch.nn.Module):
         raise ValueError(f"{type(model_or_name).__name__} is not a cellzoo model (CellModel subclass)")
     text = str(model_or_name)
+    load_model = _zoo_loader()
+    if load_model is not None:
+        loaded = load_model(text, device="cpu") if "device" in _parameters(load_model) else load_model(text)
+        return loaded[0] if isinstance(loaded, tuple) else loaded
     path = Path(text).expanduser()
     if path.suffix == ".safetensors" or path.is_file():
         if not path.is_file():
@@ -42,13 +46,19 @@ def resolve_model(model_or_name: CellModel | str | os.PathLike, device: str | to
         from ..zoo.weights import load_weights
 
         return load_weights(path, device="cpu")[0]
-    zoo = importlib.import_module("cellzoo.zoo")
-    load_model = getattr(zoo, "load_model", None)
-    if load_model is None:
-        raise ValueError(f"cannot resolve model name {text!r}: the model zoo is not available; "
-                         "pass a .safetensors file instead")
-    loaded = load_model(text, device="cpu") if "device" in _parameters(load_model) else load_model(text)
-    return loaded[0] if isinstance(loaded, tuple) else loaded
+    raise ValueError(f"cannot resolve model name {text!r}: the model zoo is not available; "
+                     "pass a .safetensors file instead")
+
+
+def _zoo_loader():
+    for module_name in ("cellzoo.zoo", "cellzoo.zoo.loading"):
+        try:
+            loader = getattr(importlib.import_module(module_name), "load_model", None)
+        except ImportError:
+            loader = None
+        if loader is not None:
+            return loader
+    return None
 
 
 def _parameters(fn) -> set[str]:
@@ -71,14 +81,22 @@ def merge_params(model: CellModel, params: dict[str, Any] | None) -> dict[str, A
     return merged
 
 
-def auto_tile_size(model: CellModel, device: torch.device, batch_size: int) -> int:
-    """Largest tile that keeps a batch's activations within about half of the free memory,
-    capped at 1024 px on CPU/MPS (bigger tiles gain little there) and 2048 px on CUDA."""
+def auto_tile_size(model: CellModel, device: torch.device, batch_size: int = 1,
+                   image_shape: tuple[int, int] | None = None) -> int:
+    """Tile edge (incl. halo) for ``device``: at most 1024 px on CPU/MPS and 2048 px on CUDA (bigger
+    tiles gain little), at most what fits a batch's activations into half the free memory
+    (``model.inference_bytes_per_pixel`` or a 6 KiB/px default); an image up to 25 % larger than
+    that runs in one pass rather than as mostly-overlapping tiles."""
     cap = 2048 if device.type == "cuda" else 1024
     bytes_per_pixel = float(getattr(model, "inference_bytes_per_pixel", DEFAULT_BYTES_PER_PIXEL))
-    free = _free_memory(device)
-    side = int(math.sqrt(max(free * 0.5 / (bytes_per_pixel * max(1, batch_size)), 1.0)))
-    return max(model.min_tile, min(cap, side))
+    budget = _free_memory(device) * 0.5 / bytes_per_pixel
+    side = int(math.sqrt(max(budget / max(1, batch_size), 1.0)))
+    tile = max(model.min_tile, min(cap, side))
+    if image_shape is not None:
+        whole = max(image_shape) + 2 * model.halo
+        if whole <= 1.25 * tile and whole * whole <= budget:
+            tile = whole
+    return tile
 
 
 def _free_memory(device: torch.device) -> float:
@@ -129,12 +147,14 @@ def predict_maps(model: CellModel, batch: torch.Tensor, tta: bool = False) -> di
 def segment_iter(model: CellModel | str, image, *, tile: int | None = None, batch_size: int = 4,
                  device: str | torch.device = "auto", tta: bool = False, amp: bool | str = True,
                  params: dict[str, Any] | None = None, channel: int | None = None, normalize: str = "auto",
-                 cancel=None, channels_last: bool | None = None) -> Generator[Any, None, Instances]:
+                 cancel=None, channels_last: bool | None = None,
+                 keep_maps: bool = False) -> Generator[Any, None, Instances]:
     """Segment one 2-D image; yields ``Progress("tiles", done, total)`` and returns :class:`Instances`.
 
     ``tile``: tile edge in pixels including the halo (``None``: chosen from free memory); images
     smaller than a tile run in one pass. ``amp``: bf16 autocast on CPUs with native bf16, bf16/fp16 on
-    CUDA. ``meta`` of the result holds device, seconds (total, network, post-processing), tiles, amp.
+    CUDA. ``meta`` of the result holds device, seconds (total, network, post-processing), tiles, amp;
+    with ``keep_maps`` (dense models) also ``maps``, the stitched activated maps (C×H×W float32 each).
     """
     started = time.perf_counter()
     if batch_size < 1:
@@ -153,7 +173,7 @@ def segment_iter(model: CellModel | str, image, *, tile: int | None = None, batc
     if channels_last:
         model.to(memory_format=torch.channels_last)
     height, width = prepared.shape[:2]
-    tile_size = tile or auto_tile_size(model, torch_device, batch_size)
+    tile_size = tile or auto_tile_size(model, torch_device, batch_size, (height, width))
     plan = plan_tiles(height, width, tile_size, model.halo, model.size_divisor, model.min_tile)
     padded = reflect_pad(prepared, plan.pad_width())
     tensor = model.preprocess(padded)
@@ -166,11 +186,14 @@ def segment_iter(model: CellModel | str, image, *, tile: int | None = None, batc
 
     if model.kind == "detection":
         runner = _detection_runner()
-        if tta:
+        # cellzoo.infer.detection's runner does horizontal-flip TTA merged by NMS
+        runner_tta = "tta" in _parameters(runner)
+        if tta and not runner_tta:
             yield Message("test-time augmentation is not available for detection models; running without it",
                           "warning")
         instances = yield from runner(model, tensor, plan, batch_size=batch_size, device=torch_device,
-                                      dtype=dtype, channels_last=channels_last, params=params, cancel=cancel)
+                                      dtype=dtype, channels_last=channels_last, params=params, cancel=cancel,
+                                      **({"tta": bool(tta)} if runner_tta else {}))
         network_seconds = time.perf_counter() - started
         post_seconds = 0.0
     else:
@@ -181,6 +204,8 @@ def segment_iter(model: CellModel | str, image, *, tile: int | None = None, batc
         post_started = time.perf_counter()
         instances = model.postprocess(maps, **params)
         post_seconds = time.perf_counter() - post_started
+        if keep_maps:
+            meta["maps"] = maps
     instances.labels = np.ascontiguousarray(instances.labels, dtype=np.int32)
     if not instances.class_names or instances.class_names == ["background", "nucleus"]:
         instances.class_names = model.class_names

@@ -64,6 +64,12 @@ def plan_axis(length: int, tile: int, halo: int, divisor: int, min_tile: int = 1
     ramp = max(1, min(max(halo, 8), core // 4))
     step = core - ramp
     count = -(-(length - core) // step) + 1
+    # balance: the smallest tile that still needs only ``count`` tiles (less padding and overlap work)
+    balanced = round_up(-(-(length - ramp) // count) + ramp + 2 * halo, divisor)
+    if balanced < tile:
+        tile, core = balanced, balanced - 2 * halo
+        step = core - ramp
+        count = -(-(length - core) // step) + 1
     starts = [min(k * step, length - core) for k in range(count)]
     return AxisPlan(tile, core, tuple(starts), tile - halo - (length - starts[-1]), ramp)
 

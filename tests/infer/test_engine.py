@@ -1,0 +1,148 @@
+"""The tiled engine with a real (briefly trained, narrow) RepSNet on real MoNuSeg / DSB images."""
+import numpy as np
+import pytest
+import torch
+from tiny_models import TinyDetector
+
+from cellzoo.infer import DIHEDRAL_OPS, permute_directions, prepare_image, segment, segment_iter, \
+    segment_stack_iter, select_device
+from cellzoo.infer.device import cpu_supports_bf16
+from cellzoo.metrics.instance import aji
+from cellzoo.types import CancelToken, Cancelled, Progress, run_to_end
+
+
+def test_tiled_matches_single_pass_on_monuseg(small_repsnet, monuseg_image):
+    single = segment(small_repsnet, monuseg_image, tile=2048, device="cpu", amp=False, keep_maps=True)
+    tiled = segment(small_repsnet, monuseg_image, tile=384, device="cpu", amp=False, keep_maps=True)
+    assert single.meta["tiles"] == 1 and tiled.meta["tiles"] >= 9
+    assert single.count > 300  # a decisive model: the comparison is not between two empty maps
+    assert aji(single.labels, tiled.labels) >= 0.99
+    for name in ("nucleus", "distance"):
+        interior = (slice(None), slice(40, -40), slice(40, -40))
+        np.testing.assert_allclose(tiled.meta["maps"][name][interior], single.meta["maps"][name][interior],
+                                   atol=1e-3)
+
+
+def test_meta_reports_device_time_and_tiles(small_repsnet, dsb_gray):
+    events = []
+    result = run_to_end(segment_iter(small_repsnet, dsb_gray, device="cpu", tile=128, batch_size=2), events.append)
+    assert result.meta["device"] == "cpu"
+    assert result.meta["seconds"] > 0 and result.meta["network_seconds"] <= result.meta["seconds"]
+    tiles = [e for e in events if isinstance(e, Progress) and e.stage == "tiles"]
+    assert tiles[-1].done == tiles[-1].total == result.meta["tiles"] > 1
+    assert result.labels.dtype == np.int32 and result.labels.shape == dsb_gray.shape
+
+
+def test_cancel_after_first_tile_raises_and_returns_nothing(small_repsnet, monuseg_image):
+    token = CancelToken()
+    gen = segment_iter(small_repsnet, monuseg_image[:400, :400], tile=128, batch_size=1, device="cpu", cancel=token)
+    seen = []
+    with pytest.raises(Cancelled):
+        for event in gen:
+            seen.append(event)
+            if isinstance(event, Progress) and event.done == 1:
+                token.cancel()
+    assert seen[-1].done == 1 and seen[-1].total > 2
+
+
+def test_input_types_give_consistent_results(small_repsnet, monuseg_image, dsb_gray):
+    crop = monuseg_image[:256, :256]
+    kw = dict(device="cpu", amp=False)
+    rgb = segment(small_repsnet, crop, **kw)
+    assert rgb.count > 5
+    rgba = segment(small_repsnet, np.dstack([crop, np.full(crop.shape[:2], 255, np.uint8)]), **kw)
+    unit_float = segment(small_repsnet, crop.astype(np.float32) / 255.0, **kw)
+    np.testing.assert_array_equal(rgba.labels, rgb.labels)
+    assert aji(rgb.labels, unit_float.labels) > 0.999
+    gray = segment(small_repsnet, dsb_gray, **kw)
+    gray3 = segment(small_repsnet, np.repeat(dsb_gray[..., None], 3, axis=2), **kw)
+    np.testing.assert_array_equal(gray.labels, gray3.labels)
+    # 16-bit fluorescence: percentile-normalised on the way in
+    deep = dsb_gray.astype(np.uint16) * 64 + 100
+    from_16bit = segment(small_repsnet, deep, **kw)
+    from_prepared = segment(small_repsnet, prepare_image(deep), normalize="none", **kw)
+    np.testing.assert_array_equal(from_16bit.labels, from_prepared.labels)
+    # channel choice: the nuclear channel of a two-channel image
+    two = np.dstack([np.zeros_like(dsb_gray), dsb_gray])
+    np.testing.assert_array_equal(segment(small_repsnet, two, channel=1, **kw).labels, gray.labels)
+
+
+def test_bad_arguments_have_clear_errors(small_repsnet, dsb_gray):
+    with pytest.raises(ValueError, match="batch_size"):
+        segment(small_repsnet, dsb_gray, batch_size=0)
+    with pytest.raises(ValueError, match="unknown post-processing parameter"):
+        segment(small_repsnet, dsb_gray, params={"thresh": 3})
+    with pytest.raises(ValueError, match="single 2-D image"):
+        segment(small_repsnet, np.zeros((2, 3, 32, 32)))
+    with pytest.raises(ValueError, match="unknown device"):
+        select_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            select_device("cuda")
+    assert select_device("cpu") == (torch.device("cpu"), "cpu")
+
+
+def test_repsnet_distance_channels_follow_every_dihedral_op(shared_data):
+    import imageio.v3 as iio
+
+    from cellzoo.models.repsnet import distance_targets
+
+    path = sorted((shared_data / "monuseg2018" / "labels" / "test").glob("*.png"))[0]
+    labels = iio.imread(path)[:96, :128].astype(np.int32)
+    original = torch.from_numpy(distance_targets(labels))[None]
+    for op in DIHEDRAL_OPS:
+        moved = op.apply(torch.from_numpy(labels)[None, None])[0, 0].numpy()
+        back = op.invert(torch.from_numpy(distance_targets(moved))[None])
+        torch.testing.assert_close(permute_directions(back, op), original)
+
+
+def test_tta_makes_repsnet_maps_equivariant(small_repsnet, monuseg_image):
+    # square 256² crop, halo 32: the padding is symmetric, so with 8-fold TTA (and the model's
+    # direction hook) the maps of a rotated / mirrored image are the rotated / mirrored maps
+    crop = monuseg_image[300:556, 300:556]
+    base = segment(small_repsnet, crop, tta=True, device="cpu", amp=False, keep_maps=True)
+    plain = segment(small_repsnet, crop, tta=False, device="cpu", amp=False, keep_maps=True)
+    assert base.count > 5 and base.meta["tta"]
+    assert np.abs(base.meta["maps"]["nucleus"] - plain.meta["maps"]["nucleus"]).max() > 1e-3  # TTA did something
+    for op in (DIHEDRAL_OPS[1], DIHEDRAL_OPS[4], DIHEDRAL_OPS[7]):
+        moved = op.apply(torch.from_numpy(crop).permute(2, 0, 1)).permute(1, 2, 0).contiguous().numpy()
+        result = segment(small_repsnet, moved, tta=True, device="cpu", amp=False, keep_maps=True)
+        nucleus = op.invert(torch.from_numpy(result.meta["maps"]["nucleus"]))
+        distance = permute_directions(op.invert(torch.from_numpy(result.meta["maps"]["distance"]))[None], op)[0]
+        np.testing.assert_allclose(nucleus.numpy(), base.meta["maps"]["nucleus"], atol=1e-4)
+        np.testing.assert_allclose(distance.numpy(), base.meta["maps"]["distance"], atol=1e-4)
+
+
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no native bf16")
+def test_bf16_autocast_is_used_and_maps_stay_close(small_repsnet, monuseg_image):
+    crop = monuseg_image[:512, :512]
+    fp32 = segment(small_repsnet, crop, device="cpu", amp=False, keep_maps=True)
+    bf16 = segment(small_repsnet, crop, device="cpu", amp=True, keep_maps=True)
+    assert fp32.meta["amp"] == "fp32" and bf16.meta["amp"] == "bfloat16"
+    difference = np.abs(fp32.meta["maps"]["nucleus"] - bf16.meta["maps"]["nucleus"])
+    assert 0 < difference.mean() < 0.01
+    # (instances are not compared: RepSNet's vote post-processing is sensitive to bf16 rounding of the
+    # distance maps on this briefly trained model; benchmarks/inference.py reports fp32 vs bf16 accuracy)
+
+
+def test_stack_is_segmented_plane_by_plane(small_repsnet, dsb_gray):
+    stack = np.stack([dsb_gray, dsb_gray[::-1], dsb_gray])
+    events = []
+    results = run_to_end(segment_stack_iter(small_repsnet, stack, device="cpu", amp=False), events.append)
+    assert len(results) == 3 and [e.done for e in events] == [0, 1, 2, 3]
+    np.testing.assert_array_equal(results[0].labels, results[2].labels)
+    np.testing.assert_array_equal(results[1].labels, segment(small_repsnet, dsb_gray[::-1], amp=False).labels)
+
+
+def test_detection_path_keeps_each_object_once_across_tiles():
+    image = np.zeros((300, 300), np.uint8)
+    squares = [(10, 10, 8), (90, 85, 12), (150, 148, 14), (60, 200, 10), (230, 40, 9), (281, 281, 12)]
+    for y, x, size in squares:
+        image[y:y + size, x:x + size] = 255
+    result = segment(TinyDetector(), image, tile=96, device="cpu", amp=False)
+    assert result.meta["tiles"] > 9
+    assert result.count == len(squares)
+    for y, x, size in squares:
+        ids = np.unique(result.labels[y:y + size, x:x + size])
+        assert ids.size == 1 and ids[0] > 0  # one whole instance per square, not split at tile borders
+    assert ((result.labels > 0) == (image > 0)).all()
