@@ -106,11 +106,15 @@ def test_delete_by_shift_click_and_undo(setup):
 
 def test_merge_selection_assign_class_undo_redo(setup):
     viewer, widget, inst, cls = setup
+    cls.visible = False  # napari does not slice hidden layers: edits must still reach them, undoably
     labels0, classes0 = np.asarray(inst.data).copy(), np.asarray(cls.data).copy()
     a, b = big_ids(labels0, 2)
     click(inst, inside(labels0, a), ["Control"])
     click(inst, inside(labels0, b), ["Control"])
     assert widget.selection == {a, b}
+    overlay = viewer.layers["patch instances selection"]  # the selection is outlined on screen
+    np.testing.assert_array_equal(overlay.data > 0, (labels0 == a) | (labels0 == b))
+    assert [layer.name for layer in widget._labels_layers()] == ["patch instances"]
     n_before = len(inst.features)
     press(inst, "Shift-M")
     keep = min(a, b)

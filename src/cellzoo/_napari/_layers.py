@@ -120,8 +120,8 @@ def show_segmentation(viewer, image_layer, labels: np.ndarray, classes: np.ndarr
         cls_layer.colormap = class_colormap(colors)
         cls_layer.scale, cls_layer.translate = geometry["scale"], geometry["translate"]
     else:
-        cls_layer = viewer.add_labels(classes, name=cls_name, colormap=class_colormap(colors), opacity=0.4,
-                                      visible=False, **geometry)
+        cls_layer = viewer.add_labels(classes, name=cls_name, colormap=class_colormap(colors), opacity=0.55,
+                                      **geometry)
     if inst_name in viewer.layers:
         inst_layer = viewer.layers[inst_name]
         inst_layer.data = labels
@@ -129,8 +129,10 @@ def show_segmentation(viewer, image_layer, labels: np.ndarray, classes: np.ndarr
         inst_layer.metadata[META_KEY] = info
         inst_layer.features = features
     else:
-        inst_layer = viewer.add_labels(labels, name=inst_name, features=features, opacity=0.6,
+        # outlines over the class colours: each object's class and its extent are visible at once
+        inst_layer = viewer.add_labels(labels, name=inst_name, features=features, opacity=1.0,
                                        metadata={META_KEY: info}, **geometry)
+        inst_layer.contour = 2
     cls_layer.metadata[META_KEY] = {"instances_layer": inst_name, "class_names": class_names, "class_colors": colors}
     # a new result starts a new editing session: earlier undo steps refer to other data
     inst_layer._reset_history()

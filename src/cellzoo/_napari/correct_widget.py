@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import QTimer
 from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGridLayout, QHBoxLayout, QLabel, QLineEdit,
@@ -70,6 +71,7 @@ class CorrectWidget(QWidget):
         self._redo: list[_Edit] = []
         self._applying = False
         self._seeds_layer = None
+        self._selection_layer = None
 
         self.layer_combo = QComboBox()
         self.layer_combo.setToolTip("The instances layer to correct (e.g. '<image> instances').")
@@ -255,6 +257,7 @@ class CorrectWidget(QWidget):
         if self.classes_layer is not None:
             self.classes_layer.events.paint.disconnect(self._on_user_paint_classes)
         self._remove_seeds_layer()
+        self._remove_selection_layer()
         self.layer = self.classes_layer = None
 
     def _key_handler(self, slot: Callable) -> Callable:
@@ -464,8 +467,29 @@ class CorrectWidget(QWidget):
     def _show_selection(self) -> None:
         text = ", ".join(str(i) for i in sorted(self.selection)) or "none"
         self.selection_label.setText(f"selected: {text}")
-        if self.layer is not None and self.selection:
+        if self.layer is None:
+            return
+        if self.selection:
             self.layer.selected_label = max(self.selection)
+        # a thick yellow outline around every selected instance (napari highlights only one label)
+        mask = np.zeros(self.layer.data.shape, np.uint8)
+        if self.selection:
+            plane = self.plane()
+            mask[plane] = np.isin(self.labels_plane(), sorted(self.selection))
+        overlay = self._selection_layer
+        if overlay is None or overlay not in self.viewer.layers:
+            if not self.selection:
+                return
+            overlay = self._selection_layer = self.viewer.add_labels(
+                mask, name=f"{self.layer.name} selection", opacity=1.0, blending="translucent_no_depth",
+                colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: "yellow"}),
+                scale=self.layer.scale, translate=self.layer.translate,
+                metadata={META_KEY: {"instances_layer": self.layer.name, "role": "selection"}})
+            overlay.contour = 3
+            overlay.editable = False
+            self.viewer.layers.selection.active = self.layer
+        else:
+            overlay.data = mask
 
     def seeds_layer(self):
         if self._seeds_layer is None or self._seeds_layer not in self.viewer.layers:
@@ -474,6 +498,11 @@ class CorrectWidget(QWidget):
                 face_color="yellow", border_color="black", scale=self.layer.scale, translate=self.layer.translate)
             self.viewer.layers.selection.active = self.layer
         return self._seeds_layer
+
+    def _remove_selection_layer(self) -> None:
+        if self._selection_layer is not None and self._selection_layer in self.viewer.layers:
+            self.viewer.layers.remove(self._selection_layer)
+        self._selection_layer = None
 
     def _remove_seeds_layer(self) -> None:
         if self._seeds_layer is not None and self._seeds_layer in self.viewer.layers:
