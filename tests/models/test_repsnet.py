@@ -308,3 +308,33 @@ def test_attach_to_nearest_equals_euclidean_nearest(shared_data):
         py, px = np.nonzero(sparse == out[y, x])
         assert np.isclose(np.sqrt((py - y) ** 2 + (px - x) ** 2).min(), dist[y, x])
     np.testing.assert_array_equal(out[~holes], sparse[~holes])
+
+
+def test_postprocess_is_equivariant_to_flips_and_rotations(shared_data):
+    from cellzoo.models._dense_common import LRUD, direction_permutation
+
+    root = shared_data / "consep/train"
+    labels = io.imread(root / "inst/train_1_004.png").astype(np.int32)[:128, :160]
+    rng = np.random.default_rng(1)
+    maps = _perfect_maps(labels)
+    # noisy distances: boundaries get broken and doubled, so ties in re-attachment and holes occur
+    maps["distance"] = np.clip(maps["distance"] + rng.normal(0, 0.35, maps["distance"].shape), 0, None)
+    maps["distance"] = maps["distance"].astype(np.float32) * (labels > 0)
+    model = RepSNet(RepSNetConfig(filters=TINY, boundary_threshold=3))
+    base = model.postprocess(maps).labels
+    assert base.max() > 20
+    for k, flip in ((1, False), (2, False), (0, True), (3, True)):
+        def forward(a):
+            a = a[..., ::-1] if flip else a
+            return np.ascontiguousarray(np.rot90(a, k, axes=(-2, -1)))
+        moved = {name: forward(v) for name, v in maps.items()}
+        # channel c of the moved image's map measures the moved direction; pick them so that they
+        # measure left/right/up/down of the moved image (inverse of the TTA permutation)
+        inverse = direction_permutation(LRUD, k, flip)
+        moved["distance"] = moved["distance"][np.argsort(inverse)]
+        result = model.postprocess(moved).labels
+        back = np.rot90(result, -k)
+        back = back[:, ::-1] if flip else back
+        pairs = np.unique(np.stack([base.ravel(), back.ravel()]), axis=1)
+        # the same partition: every id pairs with exactly one id of the other result
+        assert len(set(pairs[0])) == len(set(pairs[1])) == pairs.shape[1], (k, flip)

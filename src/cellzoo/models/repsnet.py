@@ -316,34 +316,39 @@ def _filter_sizes(labels: np.ndarray, n: int, min_size: int, max_size: int) -> t
     return lut[labels], int(keep.sum())
 
 
-def _offsets_within(radius: float) -> np.ndarray:
+def _offset_rings(radius: float) -> list[np.ndarray]:
+    """Integer offsets (dy, dx) with 0 < distance <= radius, grouped by distance, nearest ring first."""
     r = int(np.floor(radius))
     dy, dx = np.mgrid[-r:r + 1, -r:r + 1]
-    d2 = (dy ** 2 + dx ** 2).ravel()
-    order = np.argsort(d2, kind="stable")
-    keep = order[(d2[order] > 0) & (d2[order] <= radius ** 2)]
-    return np.stack([dy.ravel()[keep], dx.ravel()[keep]], 1)
+    dy, dx = dy.ravel(), dx.ravel()
+    d2 = dy ** 2 + dx ** 2
+    return [np.stack([dy[d2 == v], dx[d2 == v]], 1) for v in np.unique(d2) if 0 < v <= radius ** 2]
 
 
 def attach_to_nearest(labels: np.ndarray, pixels: np.ndarray, radius: float) -> None:
     """Give each ``pixels`` (bool mask) position the id of the nearest labelled pixel within ``radius``
-    (Euclidean), in place. Only the candidate pixels are visited, trying offsets in order of distance,
-    which is much cheaper than a full-image distance transform with indices."""
+    (Euclidean), in place; between equally near instances the larger one wins, so the result does not
+    depend on the image's orientation. Only candidate pixels are visited, ring by ring of equal
+    distance, which is much cheaper than a full-image distance transform with indices."""
     ys, xs = np.nonzero(pixels)
     if ys.size == 0:
         return
     h, w = labels.shape
     source = labels.copy()
+    area = np.bincount(source.ravel()).astype(np.int64)
+    area[0] = 0
     found = np.zeros(ys.size, source.dtype)
-    for dy, dx in _offsets_within(radius):
-        todo = found == 0
-        if not todo.any():
+    for ring in _offset_rings(radius):
+        todo = np.flatnonzero(found == 0)
+        if todo.size == 0:
             break
-        ny, nx = ys[todo] + dy, xs[todo] + dx
+        ny = np.clip(ys[todo, None] + ring[:, 0], -1, h)
+        nx = np.clip(xs[todo, None] + ring[:, 1], -1, w)
         inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
-        vals = np.zeros(ny.size, source.dtype)
+        vals = np.zeros(ny.shape, source.dtype)
         vals[inside] = source[ny[inside], nx[inside]]
-        found[todo] = vals
+        pick = area[vals].argmax(1)
+        found[todo] = vals[np.arange(todo.size), pick]
     labels[ys, xs] = np.where(found > 0, found, labels[ys, xs])
 
 
@@ -380,7 +385,8 @@ def repsnet_postprocess(nucleus_prob: np.ndarray, sqrt_distances: np.ndarray, ty
     same = ((padded[:-2, 1:-1] == labels) | (padded[2:, 1:-1] == labels)
             | (padded[1:-1, :-2] == labels) | (padded[1:-1, 2:] == labels))
     labels[~same] = 0
-    # fill holes (background components not reaching the image border) with a neighbouring id
+    # fill holes: background components that do not reach the image border and touch a single instance
+    # (as per-instance binary_fill_holes in the original; a gap between two nuclei stays background)
     empty, k = ndimage.label(labels == 0, structure=_CROSS)
     if k:
         border = np.unique(np.r_[empty[0], empty[-1], empty[:, 0], empty[:, -1]])
@@ -389,13 +395,16 @@ def repsnet_postprocess(nucleus_prob: np.ndarray, sqrt_distances: np.ndarray, ty
         is_hole[0] = False
         hy, hx = np.nonzero(is_hole[empty])
         if hy.size:
-            best = np.zeros(hy.size, labels.dtype)
+            hole_id = empty[hy, hx]
+            lowest = np.full(k + 1, np.iinfo(np.int32).max, np.int64)
+            highest = np.zeros(k + 1, np.int64)
             for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
-                ny, nx = np.clip(hy + dy, 0, h - 1), np.clip(hx + dx, 0, w - 1)
-                best = np.maximum(best, labels[ny, nx])
-            fill_with = np.zeros(k + 1, labels.dtype)
-            np.maximum.at(fill_with, empty[hy, hx], best)
-            labels[hy, hx] = fill_with[empty[hy, hx]]
+                near = labels[np.clip(hy + dy, 0, h - 1), np.clip(hx + dx, 0, w - 1)].astype(np.int64)
+                np.minimum.at(lowest, hole_id, np.where(near > 0, near, lowest[hole_id]))
+                np.maximum.at(highest, hole_id, near)
+            single = (lowest == highest) & (highest > 0)
+            fill = single[hole_id]
+            labels[hy[fill], hx[fill]] = highest[hole_id[fill]]
     # per-instance statistics with one bincount each (ids may have gaps here)
     flat = labels.ravel()
     n = int(flat.max()) if flat.size else 0
