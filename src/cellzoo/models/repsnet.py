@@ -41,6 +41,7 @@ DEFAULT_LOSS_WEIGHTS = {"nucleus_ce": 1.0, "nucleus_dice": 1.0, "type_ce": 1.0, 
 #: type-target value for nuclei whose class is unknown (ignored by the type losses)
 UNKNOWN_TYPE = 255
 
+
 @dataclass
 class RepSNetConfig:
     """``variant`` "S" (4 stages, output stride 8) or "L" (5 stages, stride 16); ``filters`` one width per
@@ -613,5 +614,7 @@ class RepSNet(CellModel):
         if (~inside).any():
             dist = dist + pred[~inside].mean()
         terms["distance"] = dist
+        # the authors' boundary-vote loss is dropped, not ported: it compares boolean vote maps, so it
+        # never had a gradient and did not train the published model
         terms["total"] = sum(wts[k] * v for k, v in terms.items())
         return terms
