@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 import torch
-from tiny_models import TinyDetector
 
 from cellzoo.infer import DIHEDRAL_OPS, permute_directions, prepare_image, segment, segment_iter, \
     segment_stack_iter, select_device
@@ -132,17 +131,3 @@ def test_stack_is_segmented_plane_by_plane(small_repsnet, dsb_gray):
     assert len(results) == 3 and [e.done for e in events] == [0, 1, 2, 3]
     np.testing.assert_array_equal(results[0].labels, results[2].labels)
     np.testing.assert_array_equal(results[1].labels, segment(small_repsnet, dsb_gray[::-1], amp=False).labels)
-
-
-def test_detection_path_keeps_each_object_once_across_tiles():
-    image = np.zeros((300, 300), np.uint8)
-    squares = [(10, 10, 8), (90, 85, 12), (150, 148, 14), (60, 200, 10), (230, 40, 9), (281, 281, 12)]
-    for y, x, size in squares:
-        image[y:y + size, x:x + size] = 255
-    result = segment(TinyDetector(), image, tile=96, device="cpu", amp=False)
-    assert result.meta["tiles"] > 9
-    assert result.count == len(squares)
-    for y, x, size in squares:
-        ids = np.unique(result.labels[y:y + size, x:x + size])
-        assert ids.size == 1 and ids[0] > 0  # one whole instance per square, not split at tile borders
-    assert ((result.labels > 0) == (image > 0)).all()

@@ -2,8 +2,8 @@
 
 Dense families: tiles (core + halo) are run in batches, activated, cropped to their cores and
 blended with overlap ramps into full-image maps; the model's post-processing then runs once on
-the stitched maps, so tile borders leave no seams. Detection families: each tile's detections are
-pasted into image coordinates; an object is kept only by the tile that owns its box centre.
+the stitched maps, so tile borders leave no seams. Detection families: tiles go to
+``cellzoo.infer.detection`` (pastes detections into image coordinates, de-duplicates across tiles).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..models.base import CellModel
-from ..types import Instances, Message, Progress, check_cancel, run_to_end
+from ..types import Instances, Progress, check_cancel, run_to_end
 from .device import amp_dtype, autocast, select_device
 from .prepare import prepare_image
 from .tiling import TilePlan, plan_tiles, reflect_pad
@@ -185,15 +185,12 @@ def segment_iter(model: CellModel | str, image, *, tile: int | None = None, batc
     yield Progress("tiles", 0, len(plan))
 
     if model.kind == "detection":
-        runner = _detection_runner()
-        # cellzoo.infer.detection's runner does horizontal-flip TTA merged by NMS
-        runner_tta = "tta" in _parameters(runner)
-        if tta and not runner_tta:
-            yield Message("test-time augmentation is not available for detection models; running without it",
-                          "warning")
-        instances = yield from runner(model, tensor, plan, batch_size=batch_size, device=torch_device,
-                                      dtype=dtype, channels_last=channels_last, params=params, cancel=cancel,
-                                      **({"tta": bool(tta)} if runner_tta else {}))
+        from .detection import segment_detection_iter  # owned by the detection families
+
+        instances = yield from segment_detection_iter(model, tensor, plan, batch_size=batch_size,
+                                                      device=torch_device, dtype=dtype,
+                                                      channels_last=channels_last, params=params, cancel=cancel,
+                                                      tta=tta)
         network_seconds = time.perf_counter() - started
         post_seconds = 0.0
     else:
@@ -251,86 +248,6 @@ def _dense_maps(model, tensor, plan: TilePlan, batch_size, device, dtype, channe
     for value in sums.values():
         value /= weight_sum
     return sums
-
-
-def _detection_runner():
-    """Use ``cellzoo.infer.detection.segment_detection_iter`` when the detection module provides it."""
-    try:
-        module = importlib.import_module("cellzoo.infer.detection")
-    except ModuleNotFoundError as exc:
-        if exc.name != "cellzoo.infer.detection":
-            raise
-        return _stitch_detections
-    return getattr(module, "segment_detection_iter", _stitch_detections)
-
-
-def _stitch_detections(model, tensor, plan: TilePlan, *, batch_size, device, dtype, channels_last, params,
-                       cancel):
-    """Default detection stitching: per tile ``model(batch)`` (eval) returns torchvision-style dicts
-    (boxes x1y1x2y2, labels, scores, masks N×1×h×w probabilities at tile size). A detection is kept
-    by the tile that owns its box centre; masks are pasted with higher scores painted last."""
-    score_threshold = float(params.get("score_threshold", 0.5))
-    mask_threshold = float(params.get("mask_threshold", 0.5))
-    height, width, halo = plan.height, plan.width, plan.halo
-    tile_h, tile_w = plan.tile_shape
-    kept: list[tuple[float, int, int, int, np.ndarray]] = []
-    done = 0
-    with torch.inference_mode():
-        for group in _batches(plan, batch_size):
-            check_cancel(cancel)
-            batch = torch.stack([tensor[:, y:y + tile_h, x:x + tile_w] for _i, _j, y, x in group]).to(device)
-            if channels_last:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            with autocast(device, dtype):
-                outputs = model(batch)
-            for (row, col, y, x), detections in zip(group, outputs):
-                own_y, own_x = plan.rows.owned(row, height), plan.cols.owned(col, width)
-                boxes = detections["boxes"].float().cpu().numpy()
-                scores = detections["scores"].float().cpu().numpy()
-                labels = detections["labels"].cpu().numpy()
-                masks = detections["masks"].float().cpu().numpy()
-                for box, score, label, mask in zip(boxes, scores, labels, masks):
-                    if score < score_threshold:
-                        continue
-                    # tile coords -> image coords: the tile starts at (y - halo, x - halo)
-                    cy = (box[1] + box[3]) / 2 + y - halo
-                    cx = (box[0] + box[2]) / 2 + x - halo
-                    if not (own_y[0] <= cy < own_y[1] and own_x[0] <= cx < own_x[1]):
-                        continue
-                    binary = mask[0] >= mask_threshold
-                    rows = np.flatnonzero(binary.any(1))
-                    cols = np.flatnonzero(binary.any(0))
-                    if rows.size == 0:
-                        continue
-                    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-                    iy0, ix0 = r0 + y - halo, c0 + x - halo
-                    crop = binary[r0:r1, c0:c1]
-                    # clip to the image
-                    top, left = max(0, -iy0), max(0, -ix0)
-                    bottom = min(crop.shape[0], height - iy0)
-                    right = min(crop.shape[1], width - ix0)
-                    if bottom <= top or right <= left:
-                        continue
-                    kept.append((float(score), int(label), iy0 + top, ix0 + left, crop[top:bottom, left:right]))
-            done += len(group)
-            yield Progress("tiles", done, len(plan))
-    labels_map = np.zeros((height, width), dtype=np.int32)
-    order = sorted(range(len(kept)), key=lambda i: kept[i][0])
-    for number, index in enumerate(order, start=1):
-        _score, _label, y0, x0, crop = kept[index]
-        region = labels_map[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]]
-        region[crop] = number
-    present = np.unique(labels_map)
-    present = present[present != 0]
-    relabel = np.zeros(len(kept) + 1, dtype=np.int32)
-    relabel[present] = np.arange(1, present.size + 1, dtype=np.int32)
-    class_of, scores = {}, {}
-    for old in present:
-        score, label, *_ = kept[order[old - 1]]
-        class_of[int(relabel[old])] = label
-        scores[int(relabel[old])] = score
-    labels_map = relabel[labels_map]
-    return Instances(labels=labels_map, class_of=class_of, scores=scores, class_names=model.class_names)
 
 
 def segment(model_or_name: CellModel | str, image, on_event=None, **kwargs) -> Instances:
