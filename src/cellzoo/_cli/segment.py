@@ -1,9 +1,166 @@
-"""`cellzoo segment` (placeholder until its issue lands)."""
+"""`cellzoo segment INPUT... [--model NAME] [--device ...] [--tile N] [--tta] [--out DIR] [--geojson]`."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..infer.device import DEVICE_CHOICES
+
+FLUO_MODEL = "cellzoo-fluo"
+
+
+def _default_model() -> str:
+    try:
+        from ..zoo.catalog import default_model_name
+
+        return default_model_name()
+    except ImportError:  # pragma: no cover - zoo not installed
+        return "cellzoo-he"
 
 
 def add_arguments(parser):
-    pass
+    parser.add_argument("inputs", nargs="*", metavar="INPUT",
+                        help="image files or folders of images (TIFF, PNG, JPEG, ...)")
+    parser.add_argument("--model", "-m", default=None,
+                        help="model name from `cellzoo zoo list`, or a .safetensors / .pth file "
+                             f"(default: {_default_model()}; with --sample: {FLUO_MODEL})")
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="where to run (default: auto)")
+    parser.add_argument("--tile", type=int, default=None, help="tile edge in pixels incl. halo (default: by memory)")
+    parser.add_argument("--batch-size", type=int, default=4, help="tiles per batch (default: 4)")
+    parser.add_argument("--tta", action="store_true", help="8-fold flip/rotation test-time augmentation")
+    parser.add_argument("--no-amp", action="store_true", help="full fp32 (default: bf16/fp16 where supported)")
+    parser.add_argument("--channel", type=int, default=None, help="use only this channel of multichannel images")
+    parser.add_argument("--normalize", default="auto", choices=("auto", "percentile", "none"),
+                        help="input scaling (default: auto; percentile for 16-bit / fluorescence)")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="post-processing parameter, e.g. --param boundary_threshold=5 (repeatable)")
+    parser.add_argument("--out", "-o", default=None,
+                        help="output folder (default: next to each input)")
+    parser.add_argument("--geojson", action="store_true", help="also write <stem>.geojson (QuPath)")
+    parser.add_argument("--sample", action="store_true", help="run on the bundled DSB 2018 sample image")
 
 
-def run(args):
-    raise RuntimeError("`cellzoo segment` is not implemented yet")
+def _parse_params(items: list[str]) -> dict:
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param expects KEY=VALUE, got {item!r}")
+        try:
+            params[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.strip()] = value
+    return params
+
+
+def _collect_inputs(inputs: list[str]) -> list[Path]:
+    from ..data.io import IMAGE_SUFFIXES
+
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                           and not p.stem.endswith(("_instances", "_classes")))
+            if not found:
+                raise FileNotFoundError(f"no images found in folder {path}")
+            paths.extend(found)
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise FileNotFoundError(f"input {path} does not exist")
+    return paths
+
+
+def _is_stack(image: np.ndarray, channel: int | None) -> bool:
+    return image.ndim == 4 or (image.ndim == 3 and channel is None and image.shape[2] not in (1, 3, 4))
+
+
+def _write_stack(path: Path, array: np.ndarray) -> None:
+    import tifffile
+
+    from .._atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, array, compression="zlib", photometric="minisblack")
+
+
+def run(args) -> int:
+    from ..data.io import read_image, write_class_map, write_labels
+    from ..infer.engine import resolve_model, segment_iter, segment_stack_iter
+    from ..types import run_to_end
+
+    inputs = list(args.inputs)
+    model_name = args.model
+    if args.sample:
+        from ..data.samples import sample_image_path
+
+        inputs.append(str(sample_image_path()))
+        model_name = model_name or FLUO_MODEL
+    if not inputs:
+        raise ValueError("give at least one INPUT image or folder, or --sample")
+    paths = _collect_inputs(inputs)
+    model_name = model_name or _default_model()
+    params = _parse_params(args.param)
+    model = resolve_model(model_name)
+    typed = model.num_classes > 2
+    if args.sample and args.out is None:
+        args.out = "."  # never write into the installed package
+    options = dict(tile=args.tile, batch_size=args.batch_size, device=args.device, tta=args.tta,
+                   amp=not args.no_amp, params=params, channel=args.channel, normalize=args.normalize)
+    print(f"model {model_name} ({model.family}, {len(paths)} image(s))", file=sys.stderr)
+    for path in paths:
+        image = read_image(path)
+        out_dir = Path(args.out) if args.out else path.parent
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stem = path.name.split(".")[0]
+        if _is_stack(image, args.channel):
+            results = run_to_end(segment_stack_iter(model, image, **options))
+            labels = np.stack([r.labels for r in results])
+            _write_stack(out_dir / f"{stem}_instances.tif",
+                         labels.astype(np.uint16 if labels.max(initial=0) < 2 ** 16 else np.uint32))
+            if typed:
+                _write_stack(out_dir / f"{stem}_classes.tif", np.stack([r.class_map() for r in results]))
+            count = sum(r.count for r in results)
+            seconds = sum(r.meta["seconds"] for r in results)
+            device = results[0].meta["device"] if results else args.device
+            if args.geojson:
+                print(f"{path.name}: --geojson is written for 2-D images only; skipped for this stack",
+                      file=sys.stderr)
+        else:
+            result = run_to_end(segment_iter(model, image, **options), _progress_printer(path.name))
+            write_labels(out_dir / f"{stem}_instances.tif", result.labels)
+            if typed:
+                write_class_map(out_dir / f"{stem}_classes.tif", result.class_map())
+            if args.geojson:
+                from ..data.geojson import write_geojson
+
+                write_geojson(out_dir / f"{stem}.geojson", result.labels,
+                              result.class_map() if typed else None, result.class_names)
+            count, seconds, device = result.count, result.meta["seconds"], result.meta["device"]
+        print(f"{path.name}: {count} objects, {seconds:.2f} s, {device}")
+    return 0
+
+
+def _progress_printer(name: str):
+    """A tqdm bar over tiles on an interactive terminal; silent otherwise."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    bar = None
+
+    def on_event(event):
+        nonlocal bar
+        if getattr(event, "stage", None) != "tiles":
+            return
+        if bar is None:
+            bar = tqdm(total=event.total, desc=name, unit="tile", leave=False)
+        bar.n = event.done
+        bar.refresh()
+        if event.done >= event.total:
+            bar.close()
+    return on_event

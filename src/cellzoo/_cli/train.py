@@ -1,9 +1,149 @@
-"""`cellzoo train` (placeholder until its issue lands)."""
+"""`cellzoo train --family repsnet|fullnet --data PATH_OR_SHARED_NAME --out DIR [...]` with a progress bar."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ..infer.device import DEVICE_CHOICES
+
+TRAINABLE = ("repsnet", "fullnet")
 
 
 def add_arguments(parser):
-    pass
+    parser.add_argument("--family", choices=TRAINABLE, default=None,
+                        help="model family to train from scratch (or the family of --base)")
+    parser.add_argument("--data", required=True,
+                        help="dataset folder (images/ + labels/ [+ classes/], .npy, COCO, class folders) or a "
+                             "shared dataset name: monuseg2018, consep, dsb2018")
+    parser.add_argument("--val-data", default=None, help="validation dataset (default: a split of --data)")
+    parser.add_argument("--out", required=True, help="output folder for best/last checkpoints and history.json")
+    parser.add_argument("--base", default=None, help="fine-tune this model (zoo name or file) instead of a new one")
+    parser.add_argument("--model-config", default=None,
+                        help='JSON of model options, e.g. \'{"filters": [16, 32, 64, 128]}\'')
+    parser.add_argument("--config", default=None, help="JSON file or string of TrainConfig options")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--steps-per-epoch", type=int, default=None)
+    parser.add_argument("--crop", type=int, default=None, help="training tile edge in pixels")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--augment", default=None,
+                        help="comma-separated augmentations (flip,scale,elastic,stain,blur,brightness), "
+                             "'default', 'fluorescence' or 'none'")
+    parser.add_argument("--oversample-rare", action="store_true", default=None,
+                        help="draw patches rich in rare classes more often")
+    parser.add_argument("--val-fraction", type=float, default=None)
+    parser.add_argument("--max-val-images", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--device", default=None, choices=DEVICE_CHOICES)
+    parser.add_argument("--resume", action="store_true", default=None, help="continue from OUT/last_state.pt")
 
 
-def run(args):
-    raise RuntimeError("`cellzoo train` is not implemented yet")
+def _json_option(text: str | None, what: str) -> dict:
+    if not text:
+        return {}
+    path = Path(text).expanduser()
+    try:
+        value = json.loads(path.read_text() if path.is_file() else text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what} is neither a JSON file nor valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def load_training_data(spec: str, split: str = "train"):
+    """A shared dataset name or a folder in any layout ``cellzoo.data.Dataset.from_layout`` knows."""
+    from ..data import SHARED_DATASETS, Dataset, load_shared_dataset
+
+    if spec in SHARED_DATASETS:
+        return load_shared_dataset(spec, split)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"training data {spec!r} is neither a folder nor a shared dataset "
+                                f"({', '.join(SHARED_DATASETS)})")
+    return Dataset.from_layout(path)
+
+
+def build_training_model(family: str | None, base: str | None, model_config: dict, class_names: list[str]):
+    from ..infer.engine import resolve_model
+    from ..models import build_model
+
+    if base:
+        model = resolve_model(base)
+        if family and model.family != family:
+            raise ValueError(f"--base {base} is a {model.family} model but --family {family} was given")
+        if model_config:
+            raise ValueError("--model-config cannot change a --base model; drop one of the two")
+        if len(class_names) > 2 and model.num_classes != len(class_names):
+            raise ValueError(f"the data has {len(class_names) - 1} classes but --base {base} predicts "
+                             f"{model.num_classes - 1}; train a new model with --family instead")
+        return model
+    if not family:
+        raise ValueError("give --family repsnet|fullnet (or --base MODEL to fine-tune)")
+    config = dict(model_config)
+    if len(class_names) > 2:
+        config.setdefault("num_classes", len(class_names))
+        config.setdefault("class_names", list(class_names))
+    return build_model(family, config)
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from ..train import TrainConfig, train_iter
+    from ..types import Message, Progress, TrainStep, Validation
+
+    options = _json_option(args.config, "--config")
+    for key in ("epochs", "steps_per_epoch", "crop", "batch_size", "lr", "augment", "oversample_rare",
+                "val_fraction", "max_val_images", "seed", "device", "resume"):
+        value = getattr(args, key)
+        if value is not None:
+            options[key] = value
+    options["out_dir"] = args.out
+    options.setdefault("data_name", args.data)
+    config = TrainConfig.from_dict(options)
+
+    data = load_training_data(args.data)
+    if args.val_data:
+        train_samples, val_samples = data, load_training_data(args.val_data, "test")
+    elif config.val_fraction > 0 and len(data) > 1:
+        train_samples, val_samples = data.split(config.val_fraction, config.seed)
+    else:
+        train_samples, val_samples = data, []
+    model = build_training_model(args.family, args.base, _json_option(args.model_config, "--model-config"),
+                                 list(data.class_names))
+
+    bar = None
+    gen = train_iter(model, train_samples, val_samples, config)
+    try:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            if isinstance(event, TrainStep):
+                if bar is None or bar.total != event.steps_per_epoch or event.step == 1:
+                    if bar is not None:
+                        bar.close()
+                    bar = tqdm(total=event.steps_per_epoch, desc=f"epoch {event.epoch}/{config.epochs}",
+                               unit="step", file=sys.stderr, disable=None)
+                bar.update(1)
+                bar.set_postfix(loss=f"{event.losses['total']:.4f}", lr=f"{event.lr:.2g}")
+            elif isinstance(event, Validation):
+                if bar is not None:
+                    bar.close()
+                    bar = None
+                shown = ", ".join(f"{k} {v:.4f}" for k, v in event.metrics.items() if k in ("aji", "dice", "pq", "mpq+"))
+                print(f"epoch {event.epoch}: {shown or 'no validation images'}" + (" (best)" if event.best else ""))
+            elif isinstance(event, Message):
+                print(event.text, file=sys.stderr)
+            elif isinstance(event, Progress):
+                pass
+    finally:
+        if bar is not None:
+            bar.close()
+    if result.best_path is not None:
+        print(f"best checkpoint: {result.best_path} (validation PQ {result.best_metric:.4f})")
+    return 0
