@@ -124,10 +124,12 @@ class Job:
         self.result: Any = None
         self.worker = None  # superqt GeneratorWorker in threaded mode
         self._pbar = None
+        self._finished = False
 
     @property
     def running(self) -> bool:
-        return self.state == "running"
+        """True until every callback but ``on_finished`` has run (the outcome is in ``state``)."""
+        return not self._finished
 
     def cancel(self) -> None:
         """Ask the job to stop at its next check; callbacks still arrive (``on_cancelled``, ``on_finished``)."""
@@ -218,6 +220,7 @@ def start_job(
         job._close_progress()
         if job.state == "running":  # finished without returned/errored (worker.quit())
             job.state = "cancelled"
+        job._finished = True
         if on_finished is not None:
             on_finished(job)
 
