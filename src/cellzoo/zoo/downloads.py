@@ -269,13 +269,12 @@ def download_urls(info: ModelInfo) -> list[str]:
     return list(info.urls)
 
 
-def _where_to_get(info: ModelInfo) -> str:
-    places = [u for u in info.urls] or []
-    text = f"download it from {' or '.join(places)}" if places else "it has no public download link"
+def _where_to_get(info: ModelInfo, with_notes: bool = False) -> str:
+    text = f"download it from {' or '.join(info.urls)}" if info.urls else "it has no public download link"
     if info.source:
         text += f" (source: {info.source})"
-    if info.notes:
-        text += f". Note: {info.notes}"
+    if with_notes and info.notes:
+        text += f"; {info.notes.rstrip('. ')}"
     return text
 
 
@@ -310,8 +309,8 @@ def fetch_info(info: ModelInfo, progress: bool | Callable[[int, int], Any] = Tru
     if not urls:
         raise FetchError(
             f"model {info.name!r} needs the file {info.filename!r}, which cannot be downloaded "
-            f"automatically: {_where_to_get(info)}. Put the file in {folder} under that name "
-            f"(or import it with `cellzoo zoo import FILE --family {info.family} --name NAME`).")
+            f"automatically: {_where_to_get(info, with_notes=True)}. Put the file in {folder} as "
+            f"{info.filename!r} (or import it with `cellzoo zoo import FILE --family {info.family} --name NAME`).")
     known_hash = f"sha256:{info.sha256}" if info.sha256 else None
     failures: list[str] = []
     for url in urls:
@@ -336,8 +335,8 @@ def fetch_info(info: ModelInfo, progress: bool | Callable[[int, int], Any] = Tru
         return path
     raise FetchError(
         f"could not download {info.filename!r} for model {info.name!r}:\n  " + "\n  ".join(failures)
-        + f"\nIf this computer is offline, {_where_to_get(info)}, and put the file in {folder} "
-        "under that name; or set CELLZOO_MIRROR to a server that has it.")
+        + f"\nTo install it by hand, {_where_to_get(info)} and put it in {folder} as {info.filename!r}; "
+        "or set CELLZOO_MIRROR to a server that has it.")
 
 
 def _describe_request_error(exc: Exception) -> str:
