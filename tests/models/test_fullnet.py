@@ -198,3 +198,19 @@ def test_weights_round_trip(tmp_path):
     x = torch.randn(1, 3, 24, 24)
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(x)["ternary"], model(x)["ternary"])
+
+
+def test_postprocess_is_equivariant_to_flips_and_rotations(shared_data):
+    labels = io.imread(shared_data / "monuseg2018/labels/train/TCGA-G9-6356-01Z-00-DX1.png").astype(np.int32)
+    labels = labels[:150, :130]
+    model = FullNet(FullNetConfig(**TINY, dilation_radius=3))  # radius 3: neighbours compete for gaps
+    prob = np.eye(3, dtype=np.float32)[model.targets(labels, None)["ternary"]].transpose(2, 0, 1)
+    base = model.postprocess({"ternary": prob}).labels
+    assert base.max() > 10
+    for k, flip in ((1, False), (2, False), (0, True), (3, True)):
+        moved = prob[..., ::-1] if flip else prob
+        result = model.postprocess({"ternary": np.ascontiguousarray(np.rot90(moved, k, axes=(1, 2)))}).labels
+        back = np.rot90(result, -k)
+        back = back[:, ::-1] if flip else back
+        pairs = np.unique(np.stack([base.ravel(), back.ravel()]), axis=1)
+        assert len(set(pairs[0])) == len(set(pairs[1])) == pairs.shape[1], (k, flip)

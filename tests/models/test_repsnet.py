@@ -291,7 +291,7 @@ def test_saved_deploy_model_rebuilds_in_deploy_form(tmp_path):
 def test_attach_to_nearest_equals_euclidean_nearest(shared_data):
     from scipy import ndimage
 
-    from cellzoo.models.repsnet import attach_to_nearest
+    from cellzoo.models._dense_common import attach_to_nearest
 
     labels = io.imread(shared_data / "consep/train/inst/train_1_004.png").astype(np.int32)[:80, :80]
     rng = np.random.default_rng(0)

@@ -5,9 +5,9 @@ contour), trained with a weight-map cross entropy plus the variance-constrained 
 Parameter names equal the authors' checkpoint keys (``conv1.conv.weight``,
 ``blocks.block{1..7}.denselayer{1..6}.conv.conv.weight``, ``blocks.trans{k}.*``, ``conv2.weight``), so
 ``model_MultiOrgan`` loads after stripping its ``module.`` prefix. The weight map, which the authors
-computed in MATLAB, is computed here in Python; post-processing dilates labels with
-``skimage.segmentation.expand_labels`` (grows into background only) instead of a grey dilation that
-lets larger ids overwrite their neighbours.
+computed in MATLAB, is computed here in Python; post-processing grows labels into the
+background only (nearest object within the radius) instead of a grey dilation that lets larger ids
+overwrite their neighbours.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from scipy import ndimage
 from torch import nn
 
 from ..types import Instances
-from ._dense_common import check_label_map, class_names_for, mean_per_label
+from ._dense_common import attach_to_nearest, check_label_map, class_names_for, mean_per_label
 from .base import CellModel
 
 __all__ = ["FullNetConfig", "FullNet", "hybrid_dilations", "ternary_labels", "weight_map", "variance_loss",
@@ -201,8 +201,6 @@ class FullNet(CellModel):
         return {"min_area": self.config.min_area, "dilation_radius": self.config.dilation_radius}
 
     def postprocess(self, maps: dict[str, np.ndarray], **params: Any) -> Instances:
-        from skimage.segmentation import expand_labels
-
         unknown = set(params) - set(self.default_postprocess_params())
         if unknown:
             raise ValueError(f"unknown FullNet post-processing parameter(s) {sorted(unknown)}; "
@@ -224,9 +222,16 @@ class FullNet(CellModel):
         labels = lut[labels]
         n = int(keep.sum())
         scores_all = mean_per_label(1.0 - prob[0], labels, n)
-        # give back the contour the inside class leaves out
-        if p["dilation_radius"] > 0:
-            labels = expand_labels(labels, distance=float(p["dilation_radius"]))
+        # give back the contour the inside class leaves out: grow each object into the background by
+        # dilation_radius (the authors dilated with disk(2); growing only into background keeps larger
+        # ids from overwriting their neighbours, and equidistant pixels go to the larger object so the
+        # result does not depend on the image's orientation)
+        radius = float(p["dilation_radius"])
+        if radius > 0:
+            from skimage.morphology import disk
+
+            reach = ndimage.binary_dilation(labels > 0, disk(int(radius)).astype(bool)) & (labels == 0)
+            attach_to_nearest(labels, reach, radius)
         labels = labels.astype(np.int32)
         return Instances(labels=labels, classes=None, class_of={i: 1 for i in range(1, n + 1)},
                          scores={i: float(scores_all[i]) for i in range(1, n + 1)},

@@ -25,8 +25,8 @@ from scipy import ndimage
 from torch import nn
 
 from ..types import Instances
-from ._dense_common import (LRUD, check_label_map, class_names_for, direction_permutation, focal_loss, fold_bn,
-                            soft_dice_loss)
+from ._dense_common import (LRUD, attach_to_nearest, check_label_map, class_names_for, direction_permutation,
+                            focal_loss, fold_bn, soft_dice_loss)
 from .base import CellModel
 
 __all__ = ["RepSNetConfig", "RepSNet", "RepVggUnit", "RepUpsample", "distance_targets", "boundary_votes"]
@@ -315,42 +315,6 @@ def _filter_sizes(labels: np.ndarray, n: int, min_size: int, max_size: int) -> t
     lut = np.zeros(n + 1, np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1)
     return lut[labels], int(keep.sum())
-
-
-def _offset_rings(radius: float) -> list[np.ndarray]:
-    """Integer offsets (dy, dx) with 0 < distance <= radius, grouped by distance, nearest ring first."""
-    r = int(np.floor(radius))
-    dy, dx = np.mgrid[-r:r + 1, -r:r + 1]
-    dy, dx = dy.ravel(), dx.ravel()
-    d2 = dy ** 2 + dx ** 2
-    return [np.stack([dy[d2 == v], dx[d2 == v]], 1) for v in np.unique(d2) if 0 < v <= radius ** 2]
-
-
-def attach_to_nearest(labels: np.ndarray, pixels: np.ndarray, radius: float) -> None:
-    """Give each ``pixels`` (bool mask) position the id of the nearest labelled pixel within ``radius``
-    (Euclidean), in place; between equally near instances the larger one wins, so the result does not
-    depend on the image's orientation. Only candidate pixels are visited, ring by ring of equal
-    distance, which is much cheaper than a full-image distance transform with indices."""
-    ys, xs = np.nonzero(pixels)
-    if ys.size == 0:
-        return
-    h, w = labels.shape
-    source = labels.copy()
-    area = np.bincount(source.ravel()).astype(np.int64)
-    area[0] = 0
-    found = np.zeros(ys.size, source.dtype)
-    for ring in _offset_rings(radius):
-        todo = np.flatnonzero(found == 0)
-        if todo.size == 0:
-            break
-        ny = np.clip(ys[todo, None] + ring[:, 0], -1, h)
-        nx = np.clip(xs[todo, None] + ring[:, 1], -1, w)
-        inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
-        vals = np.zeros(ny.shape, source.dtype)
-        vals[inside] = source[ny[inside], nx[inside]]
-        pick = area[vals].argmax(1)
-        found[todo] = vals[np.arange(todo.size), pick]
-    labels[ys, xs] = np.where(found > 0, found, labels[ys, xs])
 
 
 def repsnet_postprocess(nucleus_prob: np.ndarray, sqrt_distances: np.ndarray, type_prob: np.ndarray | None,
