@@ -165,10 +165,7 @@ def test_split_with_alt_click_seeds(setup):
     widget.undo()
     np.testing.assert_array_equal(inst.data, labels0)
 
-
-def test_split_needs_seeds_in_one_instance(setup):
-    viewer, widget, inst, cls = setup
-    labels0 = np.asarray(inst.data).copy()
+    # seeds in two different instances: explained, nothing changes
     a, b = big_ids(labels0, 2)
     click(inst, inside(labels0, a), ["Alt"])
     click(inst, inside(labels0, b), ["Alt"])
@@ -234,17 +231,6 @@ def test_fill_holes_remove_small_relabel(setup, qtbot):
     np.testing.assert_array_equal(inst.data, labels0)
 
 
-def test_user_errors_are_explained_not_raised(setup):
-    viewer, widget, inst, cls = setup
-    labels0 = np.asarray(inst.data).copy()
-    press(inst, "Shift-M")  # nothing selected
-    assert "Ctrl+click" in widget.status_label.text()
-    np.testing.assert_array_equal(inst.data, labels0)
-    widget.folder_edit.setText("")
-    assert not widget.buttons["add"].isEnabled()
-    assert widget.folder_edit.styleSheet() and "folder" in widget.folder_edit.toolTip()
-
-
 def test_add_to_training_set(setup, tmp_path):
     viewer, widget, inst, cls = setup
     click(inst, inside(np.asarray(inst.data), big_ids(np.asarray(inst.data), 1)[0]), ["Shift"])
@@ -258,6 +244,16 @@ def test_add_to_training_set(setup, tmp_path):
     assert samples[0].meta["model"] == "ground truth" and samples[0].meta["source_layer"] == "patch"
     assert samples[0].meta["class_names"] == CONSEP_NAMES
     assert "Saved 'patch'" in widget.status_label.text()
+
+    # user mistakes are explained, not raised
+    labels_now = np.asarray(inst.data).copy()
+    widget.clear_selection()
+    press(inst, "Shift-M")  # nothing selected
+    assert "Ctrl+click" in widget.status_label.text()
+    np.testing.assert_array_equal(inst.data, labels_now)
+    widget.folder_edit.setText("")
+    assert not widget.buttons["add"].isEnabled()
+    assert widget.folder_edit.styleSheet() and "folder" in widget.folder_edit.toolTip()
 
 
 def test_stack_edits_only_the_current_plane(make_napari_viewer, consep):
