@@ -124,6 +124,9 @@ def test_coco_writer_and_reader_round_trip_instances_and_classes(tmp_path, share
     assert _same_partition(read, labels)  # RLE is exact
     assert np.array_equal(read_classes, classes)
     assert meta["metadata"]["cellzoo"]["class_names"][1:] == CONSEP_NAMES[1:]
+    # linked like the Segment widget's output, so Correct / Fine-tune pair them
+    assert meta["metadata"]["cellzoo"]["classes_layer"] == layers[1][1]["name"] == "pred classes"
+    assert layers[1][1]["metadata"]["cellzoo"]["instances_layer"] == "pred"
 
 
 def test_geojson_writer_and_reader_keep_every_nucleus(tmp_path, shared_data):

@@ -98,20 +98,28 @@ def read_raster(path: Path) -> list[LayerData]:
 
 
 # ----------------------------------------------------------------------------- annotations
-def _meta(path: Path, class_names: list[str] | None = None) -> dict[str, Any]:
+def _meta(path: Path, class_names: list[str] | None = None, **links: str) -> dict[str, Any]:
+    """Layer metadata; ``metadata["cellzoo"]`` follows the Segment/Correct widgets' convention
+    (class names, and links between an instance layer and its class layer)."""
     meta: dict[str, Any] = {"source_path": str(path)}
+    info: dict[str, Any] = dict(links)
     if class_names:
-        meta["cellzoo"] = {"class_names": list(class_names)}
+        info["class_names"] = list(class_names)
+    if info:
+        meta["cellzoo"] = info
     return meta
 
 
 def _label_layers(path: Path, name: str, labels: np.ndarray, classes: np.ndarray | None,
                   class_names: list[str] | None) -> list[LayerData]:
-    layers: list[LayerData] = [(labels, {"name": name, "metadata": _meta(path, class_names)}, "labels")]
-    if classes is not None and np.any(classes):
+    has_classes = classes is not None and bool(np.any(classes))
+    class_layer = f"{name} classes"
+    links = {"classes_layer": class_layer} if has_classes else {}
+    layers: list[LayerData] = [(labels, {"name": name, "metadata": _meta(path, class_names, **links)}, "labels")]
+    if has_classes:
         layers.append((np.asarray(classes, dtype=np.uint8),
-                       {"name": f"{name} classes", "metadata": _meta(path, class_names), "visible": False},
-                       "labels"))
+                       {"name": class_layer, "metadata": _meta(path, class_names, instances_layer=name),
+                        "visible": False}, "labels"))
     return layers
 
 
