@@ -146,3 +146,13 @@ def test_embedded_model_metrics_come_from_its_metadata(zoo_env, monkeypatch):
     info = zoo.get_model_info("tiny-embedded")
     assert info.status == "embedded" and info.metrics == {"consep_test_pq": 0.5}
     assert zoo.load_model("tiny-embedded").metadata["metrics"] == {"consep_test_pq": 0.5}
+
+
+def test_load_model_device_choice(zoo_env):
+    register_model(tiny_model(), "on-device", {})
+    assert next(zoo.load_model("on-device", device="auto").parameters()).device.type in ("cpu", "cuda", "mps")
+    if torch.cuda.is_available():
+        assert next(zoo.load_model("on-device", device="cuda").parameters()).is_cuda
+    else:
+        with pytest.raises(ValueError, match="no CUDA GPU is available"):
+            zoo.load_model("on-device", device="cuda")

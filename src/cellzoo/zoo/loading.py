@@ -71,7 +71,8 @@ def _load_file(path: Path, family: str | None, info: ModelInfo | None) -> tuple[
 def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu", *,
                family: str | None = None, progress: bool | Callable[[int, int], Any] = True,
                registry: str | Path | None = None) -> CellModel:
-    """Load a model in eval mode with ``model.metadata`` (dict) attached.
+    """Load a model in eval mode with ``model.metadata`` (dict) attached, on ``device``
+    ("cpu", "cuda[:N]", "mps" or "auto").
 
     ``name_or_path``: a registry name (downloaded on first use), a user model name, a
     ``.safetensors`` file, or an authors' ``.pth`` checkpoint (converted; give ``family``
@@ -88,7 +89,9 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
     model, meta = _load_file(path, family, info)
     meta["path"] = str(path)
     model.metadata = meta
-    return model.to(device).eval()
+    from ..infer.device import select_device  # "auto" and clear errors for unavailable devices
+
+    return model.to(select_device(device)[0]).eval()
 
 
 def _is_model_name(value: str, registry) -> bool:
