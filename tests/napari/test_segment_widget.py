@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from qtpy.QtCore import QTimer
 from skimage import io
 
 from cellzoo._napari.segment_widget import SegmentWidget
@@ -102,10 +103,16 @@ def test_cancel_during_segmentation_leaves_no_layers(make_napari_viewer, qtbot, 
     viewer.add_image(big, name="slide")
     widget = make_widget(viewer)
     widget.tile_spin.setValue(128)  # many tiles, so there is time to cancel between them
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(widget._job is not None and widget._job.running))
+    timer.start(20)
     widget.run_button.click()
     qtbot.waitUntil(lambda: "tiles:" in widget.status_label.text(), timeout=120_000)
     widget.cancel_button.click()
     qtbot.waitUntil(lambda: widget._job is not None and not widget._job.running, timeout=120_000)
+    timer.stop()
+    assert sum(ticks) >= 3  # the Qt event loop kept running while the model worked: the UI stays responsive
     assert widget._job.state == "cancelled"
     assert [layer.name for layer in viewer.layers] == ["slide"]
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()

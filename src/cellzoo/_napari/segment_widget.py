@@ -420,10 +420,17 @@ class SegmentWidget(QWidget):
         kwargs = dict(tile=settings["tile"], device=settings["device"], tta=settings["tta"],
                       params=settings["params"], channel=settings["channel"], normalize=settings["normalize"],
                       cancel=cancel)
-        if request["whole_stack"]:
-            results = yield from segment_stack_iter(model, pixels, **kwargs)
-        else:
-            results = [(yield from segment_iter(model, pixels, **kwargs))]
+        try:
+            if request["whole_stack"]:
+                results = yield from segment_stack_iter(model, pixels, **kwargs)
+            else:
+                results = [(yield from segment_iter(model, pixels, **kwargs))]
+        except (MemoryError, RuntimeError) as exc:
+            if isinstance(exc, RuntimeError) and "out of memory" not in str(exc).lower():
+                raise
+            tile = f"tiles of {settings['tile']} px" if settings["tile"] else "automatic tiles"
+            raise ValueError(f"not enough memory on the {settings['device']} device for this image with {tile}; "
+                             "choose a smaller tile size (or the CPU) and run again") from exc
         return {"request": request, "results": results, "class_names": model.class_names}
 
     def _on_event(self, event) -> None:
