@@ -69,7 +69,8 @@ class Elastic:
                              for c in range(a.shape[2])], axis=-1).astype(np.float32)
 
         def warp_label(a):
-            return ndimage.map_coordinates(a, coords, order=0, mode="constant", cval=0).astype(a.dtype)
+            # same border mode as the image: a nucleus mirrored at the border is labelled as its mirror
+            return ndimage.map_coordinates(a, coords, order=0, mode="reflect").astype(a.dtype)
         return _map_all(image, labels, classes, warp_image, warp_label)
 
 
@@ -141,7 +142,7 @@ class RandomScale:
                            0, 255).astype(np.float32)
 
         def scale_label(a):
-            return ndimage.zoom(a, zoom, order=0, grid_mode=True, mode="grid-constant").astype(a.dtype)
+            return ndimage.zoom(a, zoom, order=0, grid_mode=True, mode="grid-mirror").astype(a.dtype)
         return _map_all(image, labels, classes, scale_image, scale_label)
 
 
