@@ -207,8 +207,10 @@ def test_round_trip(make_napari_viewer, qtbot, env):
     segment.model_combo.setCurrentIndex(index)
     for key, value in params.items():
         segment._param_fields[key].setText(repr(value))
+    correct.toggle_selection(int(np.unique(inst.data)[1]))
     inst2, cls2 = run_segment(segment, qtbot, viewer)
     assert inst2 is inst and inst.metadata["cellzoo"]["model"] == "tiny-he-finetuned"
+    assert correct._undo == [] and correct.selection == set()  # a new result starts a new editing session
     assert not np.array_equal(inst.data, first) or not np.array_equal(inst.data, sample.labels)
     assert_consistent(inst, cls)
 

@@ -124,9 +124,9 @@ def show_segmentation(viewer, image_layer, labels: np.ndarray, classes: np.ndarr
                                       **geometry)
     if inst_name in viewer.layers:
         inst_layer = viewer.layers[inst_name]
+        inst_layer.metadata[META_KEY] = info  # first: listeners of the data event read it
         inst_layer.data = labels
         inst_layer.scale, inst_layer.translate = geometry["scale"], geometry["translate"]
-        inst_layer.metadata[META_KEY] = info
         inst_layer.features = features
     else:
         # outlines over the class colours: each object's class and its extent are visible at once

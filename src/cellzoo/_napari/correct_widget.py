@@ -220,13 +220,7 @@ class CorrectWidget(QWidget):
         if "index" not in layer.features.columns or len(layer.features) == 0 and np.asarray(layer.data).any():
             self._update_features(None)
 
-        self.class_combo.clear()
-        for k, (cls, color) in enumerate(zip(names, colors)):
-            if k == 0:
-                continue
-            pixmap = QPixmap(12, 12)
-            pixmap.fill(QColor(color))
-            self.class_combo.addItem(QIcon(pixmap), f"{k}  {cls}", k)
+        self._fill_class_combo()
 
         layer.mouse_drag_callbacks.append(self._on_click)
         bindings: dict[str, Callable] = {"Shift-M": self.merge_selected, "Shift-S": self.split_at_seeds,
@@ -238,6 +232,7 @@ class CorrectWidget(QWidget):
                     continue
                 target.bind_key(key, self._key_handler(slot), overwrite=True)
         layer.events.paint.connect(self._on_user_paint)
+        layer.events.data.connect(self._on_data_replaced)
         self.classes_layer.events.paint.connect(self._on_user_paint_classes)
         self._undo, self._redo = [], []
         self.clear_selection()
@@ -254,11 +249,33 @@ class CorrectWidget(QWidget):
             for key in KEYS:
                 target.bind_key(key, None)  # None unbinds
         layer.events.paint.disconnect(self._on_user_paint)
+        layer.events.data.disconnect(self._on_data_replaced)
         if self.classes_layer is not None:
             self.classes_layer.events.paint.disconnect(self._on_user_paint_classes)
         self._remove_seeds_layer()
         self._remove_selection_layer()
         self.layer = self.classes_layer = None
+
+    def _fill_class_combo(self) -> None:
+        current = self.class_combo.currentData()
+        self.class_combo.clear()
+        info = self.info
+        for k, (cls, color) in enumerate(zip(info["class_names"], info["class_colors"])):
+            if k == 0:
+                continue
+            pixmap = QPixmap(12, 12)
+            pixmap.fill(QColor(color))
+            self.class_combo.addItem(QIcon(pixmap), f"{k}  {cls}", k)
+        index = self.class_combo.findData(current)
+        self.class_combo.setCurrentIndex(max(index, 0))
+
+    def _on_data_replaced(self, event=None) -> None:
+        """A new segmentation replaced the layer's data: earlier edits and the selection no longer apply."""
+        if self._applying or self.layer is None:
+            return
+        self._undo, self._redo = [], []
+        self.clear_selection()
+        self._fill_class_combo()
 
     def _key_handler(self, slot: Callable) -> Callable:
         def handler(_layer):

@@ -127,9 +127,17 @@ class SegmentWidget(QWidget):
         self.scope_combo.addItem("whole stack (each plane on its own)", "stack")
         self.scope_combo.setToolTip("For 3-D or time-lapse images: segment only the plane on screen, or all.")
 
+        self.refresh_button = QPushButton("↻")
+        self.refresh_button.setFixedWidth(28)
+        self.refresh_button.setToolTip("Re-read the model list (e.g. after `cellzoo zoo import`)")
+        self.refresh_button.clicked.connect(lambda *_: self.refresh_models())
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_combo, 1)
+        model_row.addWidget(self.refresh_button)
+
         form = QFormLayout()
         form.addRow("image", self.image_combo)
-        form.addRow("model", self.model_combo)
+        form.addRow("model", model_row)
         form.addRow("device", self.device_combo)
         form.addRow("tile size", self.tile_spin)
         form.addRow("", self.tta_check)
