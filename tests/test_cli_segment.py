@@ -1,0 +1,84 @@
+"""`cellzoo segment` end to end: real files in, instance/class TIFFs and GeoJSON out."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from cellzoo.cli import main
+from cellzoo.models import build_model
+from cellzoo.zoo.weights import save_weights
+
+sys.path.insert(0, str(Path(__file__).parent / "infer"))
+from tiny_models import SMALL_REPSNET, trained_repsnet  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model_file(shared_data, tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "small.safetensors"
+    save_weights(trained_repsnet(shared_data), path)
+    return path
+
+
+def _printed_counts(text):
+    rows = {}
+    for line in text.strip().splitlines():
+        name, rest = line.split(": ", 1)
+        parts = rest.split(", ")
+        rows[name] = (int(parts[0].split()[0]), parts[2])
+    return rows
+
+
+def test_segment_files_writes_instances_and_geojson(tmp_path, model_file, shared_data, capsys):
+    images = sorted((shared_data / "dsb2018" / "test" / "images").glob("*.tif"))[:2]
+    code = main(["segment", *map(str, images), "--model", str(model_file), "--out", str(tmp_path),
+                 "--device", "cpu", "--geojson", "--no-amp"])
+    assert code == 0
+    printed = _printed_counts(capsys.readouterr().out)
+    for image in images:
+        labels = tifffile.imread(tmp_path / f"{image.stem}_instances.tif")
+        assert labels.dtype == np.uint16 and labels.shape == tifffile.imread(image).shape[:2]
+        count, device = printed[image.name]
+        assert count == len(np.unique(labels)) - 1 and device == "cpu"
+        features = json.loads((tmp_path / f"{image.stem}.geojson").read_text())["features"]
+        assert len(features) == count
+        assert not (tmp_path / f"{image.stem}_classes.tif").exists()  # class-agnostic model
+
+
+def test_typed_model_writes_a_class_map(tmp_path, shared_data, capsys):
+    path = tmp_path / "typed.safetensors"
+    save_weights(build_model("repsnet", {**SMALL_REPSNET, "num_classes": 5}), path)
+    image = sorted((shared_data / "consep" / "test" / "images").glob("*.jpg"))[0]
+    assert main(["segment", str(image), "--model", str(path), "--out", str(tmp_path / "out"), "--tile", "128"]) == 0
+    classes = tifffile.imread(tmp_path / "out" / f"{image.stem}_classes.tif")
+    assert classes.dtype == np.uint8 and classes.max() <= 4
+
+
+def test_sample_and_folder_inputs(tmp_path, model_file, shared_data, capsys, monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["segment", "--sample", "--model", str(model_file)]) == 0
+    assert (tmp_path / "dsb2018_nuclei_instances.tif").is_file()  # --sample writes to the current folder
+    assert capsys.readouterr().out.startswith("dsb2018_nuclei.tif: ")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for image in sorted((shared_data / "dsb2018" / "test" / "images").glob("*.tif"))[:2]:
+        shutil.copy(image, folder)
+    for _run in range(2):  # the second run skips the *_instances.tif written by the first
+        assert main(["segment", str(folder), "--model", str(model_file)]) == 0
+        assert capsys.readouterr().out.count(" objects, ") == 2
+    assert len(list(folder.glob("*_instances.tif"))) == 2
+
+
+def test_user_errors_are_reported_without_traceback(tmp_path, model_file, capsys):
+    assert main(["segment", str(tmp_path / "missing.tif"), "--model", str(model_file)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["segment", "--model", str(model_file)]) == 2
+    assert "give at least one INPUT" in capsys.readouterr().err
+    image = tmp_path / "x.tif"
+    tifffile.imwrite(image, np.zeros((32, 32), np.uint8))
+    assert main(["segment", str(image), "--model", str(model_file), "--param", "nonsense"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
