@@ -504,7 +504,7 @@ class SegmentWidget(QWidget):
                                        meta={"device": meta.get("device"), "settings": settings})
         count = int(sum(r.count for r in results))
         seconds = sum(float(r.meta.get("seconds", 0.0)) for r in results)
-        self.status_label.setText(f"{count} instances in {seconds:.1f} s · device used: {meta.get('device', '?')}"
+        self.status_label.setText(f"{count} instances in {seconds:.1f} s with {settings['model']}"
                                   + (f" · {len(results)} planes" if len(results) > 1 else ""))
         self.device_label.setText(f"device used: {meta.get('device', '?')}")
         self._show_legend(class_names, class_colors)
