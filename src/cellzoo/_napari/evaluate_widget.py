@@ -8,7 +8,7 @@ shown as a table (one row per image plus the summary) and a bar chart, and can b
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from qtpy.QtCore import Qt
@@ -303,12 +303,18 @@ class EvaluateWidget(QWidget):
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.export_button.setEnabled(False)
+        # results on screen always belong to the inputs shown: drop the previous run's
+        self.result = None
+        self.table.clear()
+        self.table.setRowCount(0)
+        self.table.setColumnCount(0)
+        self.chart.clear()
 
         def factory(cancel):
             return evaluate_iter(pairs, class_names=class_names, cancel=cancel, total=count)
 
         self.job = start_job(factory, description="Evaluation", on_returned=self.show_result,
-                             on_cancelled=lambda: self.status.setText("Cancelled; nothing was changed."),
+                             on_cancelled=lambda: self.status.setText("Cancelled; no results."),
                              on_error=lambda exc: self.status.setText(f"Failed: {exc}"),
                              on_finished=self._finished)
         return self.job
