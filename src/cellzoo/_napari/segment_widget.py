@@ -465,6 +465,9 @@ class SegmentWidget(QWidget):
     def _apply(self, output: dict) -> None:
         """Main thread: turn the Instances into the two Labels layers."""
         request, results = output["request"], output["results"]
+        if request["layer"] not in self.viewer.layers:
+            raise ValueError(f"the image layer {request['layer']!r} was closed while it was being segmented; "
+                             "open it again and press Run")
         layer = self.viewer.layers[request["layer"]]
         settings = request["settings"]
         info = self._infos.get(settings["model"])
