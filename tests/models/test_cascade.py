@@ -89,7 +89,7 @@ def test_each_stage_refines_the_previous_boxes_and_scores_are_averaged(shared_da
     assert out["masks"].shape[1:] == image.shape[:2]
 
 
-def test_training_loss_terms_gradients_and_learning(shared_data):
+def test_training_loss_terms_and_gradients_reach_every_stage(shared_data):
     model = small(mask_dice_weight=1.0, roi_samples_per_image=32, rpn_post_nms_train=100).train()
     image, labels = dsb_crop(shared_data, 64)
     target = {k: torch.as_tensor(v) for k, v in model.targets(labels, None).items()}
@@ -104,15 +104,7 @@ def test_training_loss_terms_gradients_and_learning(shared_data):
     for name in ("box_predictors.0", "box_predictors.1", "box_predictors.2", "mask_predictor"):
         grads = [p.grad for n, p in model.roi_heads.named_parameters() if n.startswith(name)]
         assert all(g is not None and torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-4)
-    history = []
-    for _ in range(8):
-        opt.zero_grad()
-        total = model([x], [target])["total"]
-        total.backward()
-        opt.step()
-        history.append(float(total))
-    assert np.mean(history[-3:]) < 0.85 * history[0], history
+    # (that the losses go down with training is checked on the cheaper SCTS; both share the heads' code)
 
 
 def test_n_classes_from_consep_class_map(shared_data):
