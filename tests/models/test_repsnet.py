@@ -228,7 +228,7 @@ def test_losses_decrease_on_a_real_consep_crop(shared_data):
     t = {k: torch.from_numpy(np.ascontiguousarray(v))[None] for k, v in model.targets(labels, classes).items()}
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     history = []
-    for _ in range(25):
+    for _ in range(15):
         losses = model.loss(model(x), t)
         opt.zero_grad()
         losses["total"].backward()
