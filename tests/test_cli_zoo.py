@@ -76,7 +76,7 @@ def test_zoo_fetch_over_loopback_then_offline(env, tmp_path, monkeypatch, capsys
 
 def test_import_authors_repsnet_s_deploy_and_segment(env, shared_data, tmp_path, capsys):
     """Must-show: a manifest-built RepSNet_S (deploy form) checkpoint imports with `cellzoo zoo import`
-    and segments an image by its new name."""
+    and segments an image through `cellzoo segment --model`."""
     ckpt = tmp_path / "RepSNet_S.pth"
     _manifest_checkpoint(shared_data, "repsnet_s_deploy", ckpt)
     assert main(["zoo", "import", str(ckpt), "--family", "repsnet", "--name", "repsnet-s-mine",
@@ -91,13 +91,18 @@ def test_import_authors_repsnet_s_deploy_and_segment(env, shared_data, tmp_path,
     assert listed["repsnet-s-mine"]["licence"] == "research only (authors' weights)"
     assert listed["repsnet-s-mine"]["class_names"][1] == "neutrophil"
 
-    from cellzoo.infer import segment
+    import tifffile
 
-    image = np.asarray(consep_patch(shared_data), dtype=np.float32)
-    result = segment("repsnet-s-mine", image, device="cpu", amp=False)
-    assert result.labels.shape == image.shape[:2]
-    assert result.class_names[1:] == ["neutrophil", "epithelial", "lymphocyte", "plasma", "eosinophil",
-                                      "connective"]
+    image_path = tmp_path / "consep_patch.tif"
+    tifffile.imwrite(image_path, consep_patch(shared_data))
+    out_dir = tmp_path / "out"
+    code = main(["segment", str(image_path), "--model", "repsnet-s-mine", "--device", "cpu", "--no-amp",
+                 "--out", str(out_dir)])
+    assert code == 0, capsys.readouterr().err
+    labels = tifffile.imread(out_dir / "consep_patch_instances.tif")
+    classes = tifffile.imread(out_dir / "consep_patch_classes.tif")  # 7 CoNIC classes: a class map too
+    assert labels.shape == classes.shape == (64, 64)
+    assert "consep_patch.tif:" in capsys.readouterr().out
 
 
 def consep_patch(shared_data):
