@@ -7,7 +7,8 @@ from npe2 import PluginManifest
 
 from cellzoo._napari import __file__ as napari_pkg
 
-EXPECTED_WIDGETS = {"Segment", "Correct", "Evaluate", "Fine-tune"}
+EXPECTED_WIDGETS = {"Segment": "SegmentWidget", "Correct": "CorrectWidget", "Evaluate": "EvaluateWidget",
+                    "Fine-tune": "FinetuneWidget"}
 
 
 def _manifest() -> PluginManifest:
@@ -25,7 +26,7 @@ def test_manifest_validates_and_every_command_imports():
 def test_manifest_contributes_widgets_reader_writers_and_sample():
     manifest = _manifest()
     contributions = manifest.contributions
-    assert {w.display_name for w in contributions.widgets} == EXPECTED_WIDGETS
+    assert {w.display_name for w in contributions.widgets} == set(EXPECTED_WIDGETS)
     [reader] = contributions.readers
     assert reader.accepts_directories and {"*.xml", "*.npy", "*.json", "*.geojson", "*.tif"} <= set(
         reader.filename_patterns)
@@ -44,7 +45,7 @@ def test_installed_manifest_is_the_one_in_the_source_tree():
 
 def test_widgets_dock_into_a_real_viewer(make_napari_viewer):
     viewer = make_napari_viewer()
-    for name in sorted(EXPECTED_WIDGETS):
+    for name, class_name in EXPECTED_WIDGETS.items():
         dock, widget = viewer.window.add_plugin_dock_widget("napari-cellzoo", name)
-        assert widget.isVisible() or dock is not None
-        assert type(widget).__module__.startswith("cellzoo._napari.")
+        assert type(widget).__name__ == class_name and type(widget).__module__.startswith("cellzoo._napari.")
+        assert dock.isVisible()  # napari hands widgets a public proxy of this viewer
