@@ -277,3 +277,26 @@ def test_stack_edits_only_the_current_plane(make_napari_viewer, consep):
     assert target not in set(inst.features["label"]) and len(inst.features) == 3 * (len(np.unique(labels)) - 1) - 1
     widget.undo()
     np.testing.assert_array_equal(inst.data, stack)
+
+
+def test_real_key_presses_reach_the_tools(make_napari_viewer, qtbot):
+    """Keyboard events through the Qt canvas (not just the keymap): Shift+M merges, Ctrl+Z undoes it."""
+    from qtpy.QtCore import Qt
+
+    viewer = make_napari_viewer(show=True)
+    labels = np.zeros((40, 40), np.int32)
+    labels[2:10, 2:10] = 1
+    labels[2:10, 12:20] = 2
+    image = viewer.add_image(np.zeros((40, 40), np.uint8), name="im")
+    inst, _cls = show_segmentation(viewer, image, labels, (labels > 0).astype(np.uint8),
+                                   class_names=["background", "nucleus"], class_colors=None)
+    widget = CorrectWidget(viewer)
+    widget.toggle_selection(1)
+    widget.toggle_selection(2)
+    viewer.layers.selection.active = inst
+    canvas = viewer.window._qt_viewer.canvas.native
+    canvas.setFocus()
+    qtbot.keyClick(canvas, Qt.Key.Key_M, Qt.KeyboardModifier.ShiftModifier)
+    assert set(np.unique(inst.data)) == {0, 1}
+    qtbot.keyClick(canvas, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    np.testing.assert_array_equal(inst.data, labels)
