@@ -134,9 +134,12 @@ def show_segmentation(viewer, image_layer, labels: np.ndarray, classes: np.ndarr
                                        metadata={META_KEY: info}, **geometry)
         inst_layer.contour = 2
     cls_layer.metadata[META_KEY] = {"instances_layer": inst_name, "class_names": class_names, "class_colors": colors}
-    # a new result starts a new editing session: earlier undo steps refer to other data
-    inst_layer._reset_history()
-    cls_layer._reset_history()
+    # a new result starts a new editing session: earlier undo steps refer to other data (napari has no
+    # public call for this; older/newer versions without it simply keep their history)
+    for layer in (inst_layer, cls_layer):
+        reset = getattr(layer, "_reset_history", None)
+        if reset is not None:
+            reset()
     return inst_layer, cls_layer
 
 
