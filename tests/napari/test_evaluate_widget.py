@@ -221,3 +221,25 @@ def test_3d_layers_are_evaluated_plane_by_plane(widget, monkeypatch, shared_data
     assert rows[0]["pq"] == pytest.approx(1.0)
     assert rows[1]["pq"] == pytest.approx((n - 3) / (n - 3 + 1.5))
     assert w.result.summary["pq"] == pytest.approx((rows[0]["pq"] + rows[1]["pq"]) / 2)
+
+
+def test_confidences_from_layer_features_rank_detections_for_coco_ap(widget, monkeypatch):
+    """Two predictions for one nucleus: AP depends on which the scores rank first."""
+    import pandas as pd
+
+    monkeypatch.setenv("CELLZOO_SYNC_WORKERS", "1")
+    viewer, w = widget
+    gt = np.zeros((64, 64), np.int32)
+    gt[10:30, 10:30] = 1
+    pred = np.zeros_like(gt)
+    pred[10:30, 10:30] = 1  # exact match
+    pred[40:50, 40:50] = 2  # false positive
+    viewer.add_labels(gt, name="ground truth")
+    layer = viewer.add_labels(pred, name="prediction")
+    aps = {}
+    for case, scores in (("good first", [0.9, 0.1]), ("bad first", [0.1, 0.9])):
+        layer.features = pd.DataFrame({"label": [1, 2], "score": scores})
+        assert w.run().state == "done"
+        aps[case] = w.result.per_image[0]["ap50"]
+    assert aps["good first"] == pytest.approx(1.0)
+    assert aps["bad first"] == pytest.approx(0.5)  # FP ranked first: precision 1/2 at full recall

@@ -283,6 +283,11 @@ class EvaluateWidget(QWidget):
         pred_classes = _planes(np.array(pred_cls.data)) if pred_cls is not None else [None] * len(gts)
         several = len(gts) > 1
         names = [f"{gt.name} [{i}]" if several else gt.name for i in range(len(gts))]
+        scores = _layer_scores(pred) if not several else None
+        if scores:  # the Segment widget's confidences rank detections for COCO AP
+            from cellzoo.types import Instances
+
+            preds = [Instances(labels=preds[0], scores=scores)]
         return list(zip(names, gts, preds, gt_classes, pred_classes))
 
     # ------------------------------------------------------------------ running
@@ -380,6 +385,16 @@ class EvaluateWidget(QWidget):
                 from cellzoo._napari._worker import notify_error
 
                 notify_error(f"Export failed: {exc}")
+
+
+def _layer_scores(layer) -> dict[int, float] | None:
+    """{instance id: confidence} from a Labels layer's features (Segment widget output), if it has any."""
+    features = getattr(layer, "features", None)
+    if features is None or not len(features) or not {"label", "score"} <= set(features.columns):
+        return None
+    scores = {int(label): float(score) for label, score in zip(features["label"], features["score"])
+              if np.isfinite(score)}
+    return scores or None
 
 
 def _format(value: Any) -> str:
