@@ -89,14 +89,13 @@ def auto_tile_size(model: CellModel, device: torch.device, batch_size: int = 1,
     that runs in one pass rather than as mostly-overlapping tiles."""
     cap = 2048 if device.type == "cuda" else 1024
     bytes_per_pixel = float(getattr(model, "inference_bytes_per_pixel", DEFAULT_BYTES_PER_PIXEL))
-    budget = _free_memory(device) * 0.5 / bytes_per_pixel
-    side = int(math.sqrt(max(budget / max(1, batch_size), 1.0)))
-    tile = max(model.min_tile, min(cap, side))
+    budget = _free_memory(device) * 0.5 / bytes_per_pixel  # pixels of activations that fit
     if image_shape is not None:
         whole = max(image_shape) + 2 * model.halo
-        if whole <= 1.25 * tile and whole * whole <= budget:
-            tile = whole
-    return tile
+        if whole <= 1.25 * cap and whole * whole <= budget:
+            return whole
+    side = int(math.sqrt(max(budget / max(1, batch_size), 1.0)))
+    return max(model.min_tile, min(cap, side))
 
 
 def _free_memory(device: torch.device) -> float:
