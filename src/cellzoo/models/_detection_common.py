@@ -181,6 +181,15 @@ def paint_instances(crops: Sequence[MaskCrop], shape: tuple[int, int], class_nam
 
 
 # ============================================================================ heads
+class Float32RPNHead(RPNHead):
+    """torchvision's RPN head with fp32 outputs: under autocast its box decoding (``BoxCoder.decode`` casts
+    the anchors to the deltas' dtype) would otherwise run in fp16/bf16 and lose pixels on large tiles."""
+
+    def forward(self, x):
+        logits, deltas = super().forward(x)
+        return [t.float() for t in logits], [t.float() for t in deltas]
+
+
 class StagePredictor(nn.Module):
     """Classification over ``num_classes`` (incl. background) and class-agnostic box regression, as in
     Cascade R-CNN / HTC (``reg_class_agnostic=True``)."""
@@ -285,7 +294,8 @@ class CascadeRoIHeads(nn.Module):
         if self.semantic_gating and semantic_embedding is not None:
             sem = roi_align(semantic_embedding, boxes, output_size=14, spatial_scale=1 / 8, sampling_ratio=2)
             x = x * F.adaptive_avg_pool2d(sem, 7)  # SCTS: multiply (stock HTC adds)
-        return self.box_predictors[stage](self.box_heads[stage](x))
+        class_logits, box_regression = self.box_predictors[stage](self.box_heads[stage](x))
+        return class_logits.float(), box_regression.float()  # fp32 box decoding under autocast
 
     def _mask_logits(self, features, boxes: list[torch.Tensor], image_sizes, semantic_embedding) -> torch.Tensor:
         x = self.mask_roi_pool(features, boxes, image_sizes)
@@ -352,7 +362,7 @@ class CascadeRoIHeads(nn.Module):
             return {"mask": zero}
         logits = self._mask_logits(features, pos_boxes, image_sizes, semantic_embedding)
         lab = torch.cat(pos_labels)
-        logits = logits[torch.arange(lab.numel(), device=lab.device), lab]
+        logits = logits[torch.arange(lab.numel(), device=lab.device), lab].float()
         target = torch.cat(mask_targets)
         losses = {"mask": F.binary_cross_entropy_with_logits(logits, target)}
         if self.mask_dice_weight > 0:
@@ -393,7 +403,7 @@ class CascadeRoIHeads(nn.Module):
         if sum(b.shape[0] for b in det_boxes):
             logits = self._mask_logits(features, det_boxes, image_sizes, semantic_embedding)
             lab = torch.cat([r["labels"] for r in results])
-            probs = logits[torch.arange(lab.numel(), device=lab.device), lab].sigmoid()
+            probs = logits[torch.arange(lab.numel(), device=lab.device), lab].float().sigmoid()
             per_image = probs.split([b.shape[0] for b in det_boxes])
         else:
             per_image = [torch.zeros((0, 28, 28), device=det_boxes[0].device) for _ in det_boxes]
@@ -417,7 +427,7 @@ class TwoStageDetector(CellModel):
         sizes = tuple((int(s),) for s in cfg.anchor_sizes)
         anchor_gen = AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(sizes))
         self.rpn = RegionProposalNetwork(
-            anchor_gen, RPNHead(out_channels, 3), fg_iou_thresh=0.7, bg_iou_thresh=0.3,
+            anchor_gen, Float32RPNHead(out_channels, 3), fg_iou_thresh=0.7, bg_iou_thresh=0.3,
             batch_size_per_image=256, positive_fraction=0.5,
             pre_nms_top_n={"training": cfg.rpn_pre_nms_train, "testing": cfg.rpn_pre_nms_test},
             post_nms_top_n={"training": cfg.rpn_post_nms_train, "testing": cfg.rpn_post_nms_test},
@@ -478,7 +488,8 @@ class TwoStageDetector(CellModel):
         semantic_logits = semantic_embedding = None
         if self.semantic_head is not None:
             semantic_logits, semantic_embedding = self.semantic_head(features)
-        rpn_features = OrderedDict((k, v) for k, v in features.items())
+        # fp32 features for the RPN: its anchors take the features' dtype (bf16 anchors are off by pixels)
+        rpn_features = OrderedDict((k, v.float()) for k, v in features.items())
         if self.training:
             if targets is None:
                 raise ValueError("training mode needs targets (from model.targets); call model.eval() to detect")
