@@ -39,6 +39,10 @@ CONFIGS: dict[str, tuple[str, dict, bool]] = {
                               True),
     "repsnet 16-128 deploy": ("repsnet", {"filters": [16, 32, 64, 128], "num_classes": 5, "align_corners": False},
                               True),
+    "repsnet 12-96 deploy": ("repsnet", {"filters": [12, 24, 48, 96], "num_classes": 5, "align_corners": False},
+                             True),
+    "repsnet 8-64 deploy": ("repsnet", {"filters": [8, 16, 32, 64], "num_classes": 5, "align_corners": False},
+                            True),
     "fullnet": ("fullnet", {}, False),
 }
 
@@ -237,6 +241,8 @@ def main(argv=None) -> int:
     parser.add_argument("--accuracy", default=None, metavar="FILE", help="checkpoint to score in fp32 and bf16")
     parser.add_argument("--images", type=int, default=14)
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--append", action="store_true",
+                        help="merge with the rows of the previous run (kept in <out>.json) instead of replacing them")
     parser.add_argument("--_one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -272,8 +278,18 @@ def main(argv=None) -> int:
                            "error": f"over {args.timeout} s"}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    text = markdown(rows, flops, conv, args)
+    store = Path(args.out).with_suffix(".json")
+    if args.append and store.is_file():
+        previous = json.loads(store.read_text())
+        keys = {(r["config"], r["size"], r["precision"]) for r in rows}
+        rows = [r for r in previous["rows"] if (r["config"], r["size"], r["precision"]) not in keys] + rows
+        flops = {**{k: tuple(v) for k, v in previous["flops"].items()}, **flops}
+        conv = previous["conv"]  # keep one reference measurement for the whole table
+    order = list(CONFIGS)
+    rows.sort(key=lambda r: (order.index(r["config"]) if r["config"] in order else 99, r["size"], r["precision"]))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    store.write_text(json.dumps({"rows": rows, "flops": flops, "conv": conv}, indent=1))
+    text = markdown(rows, flops, conv, args)
     Path(args.out).write_text(text)
     print(text)
     return 0

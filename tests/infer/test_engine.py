@@ -120,6 +120,9 @@ def test_bf16_autocast_is_used_and_maps_stay_close(small_repsnet, monuseg_image)
     assert fp32.meta["amp"] == "fp32" and bf16.meta["amp"] == "bfloat16"
     difference = np.abs(fp32.meta["maps"]["nucleus"] - bf16.meta["maps"]["nucleus"])
     assert 0 < difference.mean() < 0.01
+    small_repsnet.cpu_bf16_ok = False  # a model can opt out of CPU bf16 for amp=True
+    assert segment(small_repsnet, crop[:128, :128], device="cpu", amp=True).meta["amp"] == "fp32"
+    assert segment(small_repsnet, crop[:128, :128], device="cpu", amp="bf16").meta["amp"] == "bfloat16"
     # (instances are not compared: RepSNet's vote post-processing is sensitive to bf16 rounding of the
     # distance maps on this briefly trained model; benchmarks/inference.py reports fp32 vs bf16 accuracy)
 
