@@ -81,6 +81,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=322)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU (faster where supported)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -98,7 +99,7 @@ def main(argv=None) -> int:
     config = TrainConfig(epochs=10_000, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                          lr=args.lr, crop=args.crop, augment=augment, oversample_rare=args.which == "he",
                          seed=args.seed, out_dir=args.out, resume=args.resume, max_val_images=None,
-                         data_name=data_name, scheduler="plateau", device="cpu")
+                         data_name=data_name, scheduler="plateau", device="cpu", cpu_bf16=args.bf16)
     print(f"{args.which}: {len(train)} training tiles, {len(val)} validation images, filters {filters}, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters", flush=True)
 

@@ -60,6 +60,7 @@ class TrainConfig:
     device: str = "auto"
     data_name: str = ""
     grad_clip: float | None = None
+    cpu_bf16: bool = False
     #: SpaceFill: paste up to this many library cells (from the training samples) into empty places per crop
     space_fill: int = 0
 
@@ -155,7 +156,7 @@ def _detection_losses(model: CellModel, crops, device: torch.device, amp_dtype) 
 
     images = [model.preprocess(image).to(device) for image, _l, _c in crops]
     targets = [targets_to_torch(model.targets(labels, classes), device) for _i, labels, classes in crops]
-    with torch.autocast("cuda", dtype=amp_dtype, enabled=amp_dtype is not None):
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         outputs = model(images, targets)
     return model.loss(outputs, targets)
 
@@ -200,6 +201,9 @@ def train_iter(model: CellModel, train_samples: Iterable[Sample], val_samples: I
     device, device_name = select_device(config.device)
     use_amp = bool(config.amp) and device.type == "cuda"
     amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_amp else None
+    # bf16 autocast on CPU is opt-in: ~1.5-2x faster convs on CPUs with AVX512-BF16/AMX, weights stay fp32
+    if config.cpu_bf16 and device.type == "cpu":
+        amp_dtype = torch.bfloat16
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     yield Message(f"training {model.family} on {device_name} with {len(train_samples)} training and "
                   f"{len(val_samples)} validation images" + (f", AMP {amp_dtype}" if amp_dtype else ""))
@@ -270,7 +274,7 @@ def train_iter(model: CellModel, train_samples: Iterable[Sample], val_samples: I
                 losses = _detection_losses(model, crops, device, amp_dtype)
             else:
                 images, targets = _stack_targets(model, crops, device)
-                with torch.autocast("cuda", dtype=amp_dtype, enabled=amp_dtype is not None):
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     outputs = model(images)
                 losses = model.loss(outputs, targets)
             total = losses["total"]
