@@ -153,7 +153,8 @@ def segment_iter(model: CellModel | str, image, *, tile: int | None = None, batc
     ``tile``: tile edge in pixels including the halo (``None``: chosen from free memory); images
     smaller than a tile run in one pass. ``amp``: bf16 autocast on CPUs with native bf16, bf16/fp16 on
     CUDA; a model with ``cpu_bf16_ok = False`` stays fp32 on CPU unless ``amp="bf16"``. ``meta`` of the
-    result holds device, seconds (total, network, post-processing), tiles, amp; with ``keep_maps`` (dense models) also ``maps``, the stitched activated maps (C×H×W float32 each).
+    result holds device, seconds (total, network, post-processing), tiles, amp; with ``keep_maps``
+    (dense models) also ``maps``, the stitched activated maps (C×H×W float32 each).
     """
     started = time.perf_counter()
     if batch_size < 1:
