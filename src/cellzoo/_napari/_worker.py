@@ -186,6 +186,10 @@ def start_job(
         job._pbar = progress(total=0, desc=description)
 
     def handle_event(event: Any) -> None:
+        # Events queued before a cancel (or the outcome) can arrive after it; they are stale and must
+        # not overwrite the "cancelled" state a widget already shows.
+        if job.state != "running" or (token.cancelled and not cooperative_cancel):
+            return
         if isinstance(event, Progress):
             job._progress(event)
         if on_event is not None:
