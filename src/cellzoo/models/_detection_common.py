@@ -418,9 +418,19 @@ class CascadeRoIHeads(nn.Module):
 # ============================================================================ the detector
 class TwoStageDetector(CellModel):
     """Backbone+FPN → RPN → cascade RoI heads (+ optional semantic head). Subclasses implement
-    ``_build_backbone() -> (module returning OrderedDict of FPN maps, out_channels)`` and ``preprocess``."""
+    ``_build_backbone() -> (module returning OrderedDict of FPN maps, out_channels)`` and register the
+    ``pixel_mean`` / ``pixel_std`` buffers (3×1×1, on the 0–255 scale) that :meth:`preprocess` applies."""
 
     kind = "detection"
+
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """H×W×3 float 0–255 → (x − pixel_mean) / pixel_std, channels first."""
+        image = np.asarray(image, dtype=np.float32)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"{type(self).__name__} expects an H×W×3 image, got shape {image.shape}; "
+                             "use cellzoo.infer.prepare_image to convert it")
+        x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return (x - self.pixel_mean.cpu()) / self.pixel_std.cpu()
 
     def _setup_heads(self, cfg, *, stage_ious, stage_loss_weights, semantic: bool) -> None:
         self.backbone, out_channels = self._build_backbone()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
@@ -90,11 +89,3 @@ class CascadeMaskRCNN(TwoStageDetector):
                                        norm_layer=_norm_layer(self.config.norm), trainable_layers=5)
         return backbone, backbone.out_channels
 
-    def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """H×W×3 float 0–255 → ImageNet mean/std normalisation of [0, 1] RGB (torchvision convention)."""
-        image = np.asarray(image, dtype=np.float32)
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"Cascade Mask R-CNN expects an H×W×3 image, got shape {image.shape}; "
-                             "use cellzoo.infer.prepare_image to convert it")
-        x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        return (x - self.pixel_mean.cpu()) / self.pixel_std.cpu()

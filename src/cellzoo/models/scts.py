@@ -105,14 +105,6 @@ class SCTS(TwoStageDetector):
         backbone = SwinFPN(self.config)
         return backbone, backbone.out_channels
 
-    def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """H×W×3 float 0–255 → (x − mean) / std with the configured per-channel statistics."""
-        image = np.asarray(image, dtype=np.float32)
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"SCTS expects an H×W×3 image, got shape {image.shape}; "
-                             "use cellzoo.infer.prepare_image to convert it")
-        x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        return (x - self.pixel_mean.cpu()) / self.pixel_std.cpu()
 
     def targets(self, labels: np.ndarray, classes: np.ndarray | None) -> dict[str, np.ndarray]:
         """Detection targets plus ``semantic`` (H×W uint8: 0 background, 1 cell, 2 boundary = the inner
