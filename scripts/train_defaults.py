@@ -2,6 +2,8 @@
 
     python scripts/train_defaults.py he   --minutes 80 --out runs/he
     python scripts/train_defaults.py fluo --minutes 80 --out runs/fluo
+    python scripts/train_defaults.py he --input-stride 2 --crop 320 --scheduler cosine --epochs 60 ...
+    python scripts/train_defaults.py fluo --init src/cellzoo/zoo/embedded/cellzoo-fluo.safetensors --lr 3e-4 ...
 
 ``he``: narrow RepSNet with the 4 CoNSeP types, trained on CoNSeP train patches (typed) + MoNuSeg train
 (untyped: those nuclei are ignored by the type losses). ``fluo``: narrow class-agnostic RepSNet on DSB 2018
@@ -81,6 +83,13 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=322)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--input-stride", type=int, default=1, choices=[1, 2],
+                        help="2: the fast half-resolution RepSNet variant (see RepSNetConfig.input_stride)")
+    parser.add_argument("--scheduler", default="plateau", choices=["plateau", "cosine"])
+    parser.add_argument("--epochs", type=int, default=10_000,
+                        help="with --scheduler cosine the learning rate reaches 0 after this many epochs")
+    parser.add_argument("--init", default=None, metavar="FILE.safetensors",
+                        help="continue from these weights (e.g. an embedded model) instead of random ones")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU (faster where supported)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -89,17 +98,24 @@ def main(argv=None) -> int:
     if args.which == "he":
         train, val, data_name = he_data(args.seed)
         model = build_model("repsnet", {"variant": "S", "filters": filters, "num_classes": 5,
-                                        "class_names": CONSEP_CLASSES, "boundary_threshold": 4})
+                                        "class_names": CONSEP_CLASSES, "boundary_threshold": 4,
+                                        "align_corners": False, "input_stride": args.input_stride})
         augment = "default"
     else:
         train, val, data_name = fluo_data(args.seed)
         model = build_model("repsnet", {"variant": "S", "filters": filters, "num_classes": 2,
-                                        "class_names": ("background", "nucleus"), "boundary_threshold": 5})
+                                        "class_names": ("background", "nucleus"), "boundary_threshold": 5,
+                                        "align_corners": False, "input_stride": args.input_stride})
         augment = "fluorescence"
-    config = TrainConfig(epochs=10_000, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
+    if args.init:
+        from cellzoo.zoo.weights import load_weights
+
+        # a deploy-form (re-parameterised) model trains as a plain conv net: fine for continuing a run
+        model = load_weights(args.init)[0].train()
+    config = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                          lr=args.lr, crop=args.crop, augment=augment, oversample_rare=args.which == "he",
                          seed=args.seed, out_dir=args.out, resume=args.resume, max_val_images=None,
-                         data_name=data_name, scheduler="plateau", device="cpu", cpu_bf16=args.bf16)
+                         data_name=data_name, scheduler=args.scheduler, device="cpu", cpu_bf16=args.bf16)
     print(f"{args.which}: {len(train)} training tiles, {len(val)} validation images, filters {filters}, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters", flush=True)
 
@@ -130,6 +146,7 @@ def main(argv=None) -> int:
             h["metrics"].get("pq", 0) for h in history), len(history)
     summary = {"which": args.which, "minutes": (time.time() - started) / 60, "best_path": str(best_path),
                "best_val_pq": best_pq, "epochs": epochs, "filters": filters,
+               "init": args.init, "input_stride": model.config.input_stride,
                "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, CPU",
                "data": data_name}
     Path(args.out, "summary.json").write_text(json.dumps(summary, indent=1))

@@ -22,6 +22,19 @@ def test_tiled_matches_single_pass_on_monuseg(small_repsnet, monuseg_image):
                                    atol=1e-3)
 
 
+def test_embedded_default_tiles_without_seams(monuseg_image):
+    # the shipped H&E model (half-resolution RepSNet) on a full MoNuSeg image: 1 pass vs >= 9 tiles
+    from cellzoo.zoo import load_model
+
+    loaded = load_model("cellzoo-he")
+    model = loaded[0] if isinstance(loaded, tuple) else loaded
+    single = segment(model, monuseg_image, tile=2048, device="cpu", amp=False)
+    tiled = segment(model, monuseg_image, tile=3 * model.halo + 96, device="cpu", amp=False)
+    assert single.meta["tiles"] == 1 and tiled.meta["tiles"] >= 9
+    assert single.count > 300
+    assert aji(single.labels, tiled.labels) >= 0.99
+
+
 def test_meta_reports_device_time_and_tiles(small_repsnet, dsb_gray):
     events = []
     result = run_to_end(segment_iter(small_repsnet, dsb_gray, device="cpu", tile=128, batch_size=2), events.append)

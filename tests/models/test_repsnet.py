@@ -51,16 +51,18 @@ def _randomise_bn(model: nn.Module, generator: torch.Generator) -> None:
             m.bias.data.copy_(torch.rand(n, generator=generator) - 0.5)
 
 
-@pytest.mark.parametrize("variant, filters, num_classes", [("S", TINY, 5), ("L", (8, 16, 24, 32, 48), 7)])
-def test_reparameterized_outputs_equal_unfused(variant, filters, num_classes):
+@pytest.mark.parametrize("variant, filters, num_classes, input_stride",
+                         [("S", TINY, 5, 1), ("L", (8, 16, 24, 32, 48), 7, 1), ("S", TINY, 5, 2)])
+def test_reparameterized_outputs_equal_unfused(variant, filters, num_classes, input_stride):
     g = torch.Generator().manual_seed(3)
-    model = build_model("repsnet", {"variant": variant, "filters": filters, "num_classes": num_classes})
+    model = build_model("repsnet", {"variant": variant, "filters": filters, "num_classes": num_classes,
+                                    "input_stride": input_stride})
     torch.manual_seed(3)
     for p in model.parameters():
         p.data.normal_(0, 0.3, generator=g) if p.dim() > 1 else None
     _randomise_bn(model, g)
     model.eval()
-    x = torch.rand(2, 3, 64, 48, generator=g) * 255
+    x = torch.rand(2, 3, 64 * input_stride, 48 * input_stride, generator=g) * 255
     with torch.no_grad():
         before = model(x)
     model.reparameterize()
@@ -72,6 +74,24 @@ def test_reparameterized_outputs_equal_unfused(variant, filters, num_classes):
         rel = (before[name] - after[name]).norm() / before[name].norm()
         assert rel < 1e-4, (name, float(rel))
         assert before[name].abs().max() > 0.01  # a dead network would pass trivially
+
+
+def test_half_resolution_variant_geometry_and_maps():
+    full = build_model("repsnet", {"filters": TINY, "num_classes": 5})
+    half = build_model("repsnet", {"filters": TINY, "num_classes": 5, "input_stride": 2})
+    # pixels folded into channels: 3 colours x 2 x 2 enter the first unit; everything else is unchanged
+    assert half.encoder.downsample_1[0].conv3_bn.conv.weight.shape[1] == 12
+    assert (half.size_divisor, half.halo) == (2 * full.size_divisor, 2 * full.halo)
+    x = torch.rand(1, 3, 64, 96) * 255
+    with torch.no_grad():
+        out = half.eval()(x)
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "nucleus": (1, 2, 64, 96), "distance": (1, 4, 64, 96), "type": (1, 5, 64, 96)}
+    assert float(out["distance"].min()) >= 0.0  # bilinear upsampling keeps the ReLU'd distances >= 0
+    with pytest.raises(ValueError, match="divisible by 16"):
+        half(torch.rand(1, 3, 64, 72))
+    with pytest.raises(ValueError, match="input_stride must be 1, 2 or 4"):
+        RepSNetConfig(input_stride=3)
 
 
 def test_distance_targets_hand_made_case():
