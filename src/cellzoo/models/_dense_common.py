@@ -186,20 +186,22 @@ def attach_to_nearest(labels: np.ndarray, pixels: np.ndarray, radius: float) -> 
     ys, xs = np.nonzero(pixels)
     if ys.size == 0:
         return
-    h, w = labels.shape
-    source = labels.copy()
-    area = np.bincount(source.ravel()).astype(np.int64)
+    r = int(np.floor(radius))
+    # a copy padded by the radius: neighbours outside the image read 0 without bounds checks
+    source = np.pad(labels, r)
+    width = source.shape[1]
+    area = np.bincount(labels.ravel()).astype(np.int64)
     area[0] = 0
-    found = np.zeros(ys.size, source.dtype)
+    centres = (ys + r) * width + (xs + r)
+    flat_source = source.ravel()
+    found = np.zeros(ys.size, labels.dtype)
+    todo = np.arange(ys.size)
     for ring in _offset_rings(radius):
-        todo = np.flatnonzero(found == 0)
+        vals = flat_source[centres[todo, None] + (ring[:, 0] * width + ring[:, 1])]
+        pick = area[vals].argmax(1)
+        hit = vals[np.arange(todo.size), pick]
+        found[todo] = hit
+        todo = todo[hit == 0]
         if todo.size == 0:
             break
-        ny = np.clip(ys[todo, None] + ring[:, 0], -1, h)
-        nx = np.clip(xs[todo, None] + ring[:, 1], -1, w)
-        inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
-        vals = np.zeros(ny.shape, source.dtype)
-        vals[inside] = source[ny[inside], nx[inside]]
-        pick = area[vals].argmax(1)
-        found[todo] = vals[np.arange(todo.size), pick]
     labels[ys, xs] = np.where(found > 0, found, labels[ys, xs])

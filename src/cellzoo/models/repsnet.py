@@ -300,15 +300,18 @@ def boundary_votes(sqrt_distances: np.ndarray, foreground: np.ndarray) -> np.nda
     """
     h, w = foreground.shape
     votes = (foreground & ~ndimage.binary_erosion(foreground, np.ones((3, 3), bool), border_value=1))
-    ys, xs = np.nonzero(foreground)
-    if ys.size == 0:
+    flat_fg = np.flatnonzero(foreground)
+    if flat_fg.size == 0:
         return votes.astype(np.int32)
-    d = np.floor(sqrt_distances[:, ys, xs].astype(np.float32) ** 2 + 0.5).astype(np.int64)
+    ys, xs = np.divmod(flat_fg, w)
+    d = sqrt_distances.reshape(4, -1)[:, flat_fg].astype(np.float32)
+    d = np.floor(d * d + 0.5).astype(np.int64)
     left = np.clip(xs - d[0] + 1, 0, w - 1)
     right = np.clip(xs + d[1] - 1, 0, w - 1)
     up = np.clip(ys - d[2] + 1, 0, h - 1)
     down = np.clip(ys + d[3] - 1, 0, h - 1)
-    flat = np.concatenate([ys * w + left, ys * w + right, up * w + xs, down * w + xs])
+    row = ys * w
+    flat = np.concatenate([row + left, row + right, up * w + xs, down * w + xs])
     counts = np.bincount(flat, minlength=h * w).reshape(h, w)
     return counts.astype(np.int32) + votes
 
