@@ -126,6 +126,39 @@ def test_n_classes_from_consep_class_map(shared_data):
         small(class_names=names[:3]).targets(inst, cls)
 
 
+def test_class_specific_boxes_train_and_each_class_keeps_its_own_box(shared_data):
+    names = ["background", "a", "b"]
+    model = small(class_names=names, class_specific_boxes=True, roi_samples_per_image=32, rpn_post_nms_train=100)
+    assert model.roi_heads.box_predictors[0].bbox_pred.out_features == 3 * 4
+    image, labels = dsb_crop(shared_data, 64)
+    classes = np.where(labels > 0, 1 + labels % 2, 0).astype(np.uint8)
+    target = {k: torch.as_tensor(v) for k, v in model.targets(labels, classes).items()}
+    assert set(target["labels"].tolist()) == {1, 2}
+    losses = model.train()([model.preprocess(image)], [target])
+    losses["total"].backward()
+    grad = model.roi_heads.box_predictors[0].bbox_pred.bias.grad.reshape(3, 4)
+    assert grad[0].abs().sum() == 0  # background rows never regress
+    assert grad[1].abs().sum() > 0 and grad[2].abs().sum() > 0  # both classes learn their own boxes
+    # inference: class a shifts boxes right by 1/10 of their width at the last stage, class b does not
+    model = small(class_names=names, class_specific_boxes=True, box_nms_thresh=1.0, box_score_thresh=0.0).eval()
+    for stage, predictor in enumerate(model.roi_heads.box_predictors):
+        last = stage == 2
+        _fix_stage(predictor, [0.0, 1.0, 1.0], [0.0] * 4 + ([3.0] if last else [0.0]) + [0.0] * 7)
+    seen = []
+    model.roi_heads.box_roi_pool.register_forward_pre_hook(lambda _m, args: seen.append(args[1][0].clone()))
+    out = model([model.preprocess(image)])[0]
+    boxes_a, boxes_b = out["boxes"][out["labels"] == 1], out["boxes"][out["labels"] == 2]
+    rois = seen[2]
+    assert boxes_a.shape == boxes_b.shape == rois.shape
+    width = rois[:, 2] - rois[:, 0]
+    shifted = rois.clone()
+    shifted[:, [0, 2]] += (width * 0.1)[:, None]  # stage 2 decodes with 3x weights: 3.0 / 30 = 0.1
+    shifted[:, 0::2] = shifted[:, 0::2].clamp(0, image.shape[1])
+    key = lambda b: sorted(map(tuple, b.round(decimals=2).tolist()))  # noqa: E731
+    assert key(boxes_b) == key(rois)
+    assert key(boxes_a) == key(shifted)
+
+
 def test_postprocess_paints_by_descending_score_without_overlap():
     model = small()
     masks = np.zeros((3, 20, 20), np.float32)

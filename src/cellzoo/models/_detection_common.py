@@ -191,13 +191,14 @@ class Float32RPNHead(RPNHead):
 
 
 class StagePredictor(nn.Module):
-    """Classification over ``num_classes`` (incl. background) and class-agnostic box regression, as in
-    Cascade R-CNN / HTC (``reg_class_agnostic=True``)."""
+    """Classification over ``num_classes`` (incl. background) and box regression: class-agnostic (4
+    outputs) as in Cascade R-CNN / HTC (``reg_class_agnostic=True``), or one box per class
+    (``num_classes`` × 4 outputs, torchvision's FastRCNNPredictor layout, which HW03 checkpoints use)."""
 
-    def __init__(self, in_channels: int, num_classes: int) -> None:
+    def __init__(self, in_channels: int, num_classes: int, class_agnostic: bool = True) -> None:
         super().__init__()
         self.cls_score = nn.Linear(in_channels, num_classes)
-        self.bbox_pred = nn.Linear(in_channels, 4)
+        self.bbox_pred = nn.Linear(in_channels, 4 if class_agnostic else 4 * num_classes)
         nn.init.normal_(self.cls_score.weight, std=0.01)
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
         for lin in (self.cls_score, self.bbox_pred):
@@ -206,6 +207,19 @@ class StagePredictor(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.flatten(1)
         return self.cls_score(x), self.bbox_pred(x)
+
+
+def deltas_for(box_regression: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """N×4 box deltas: class-agnostic regression as is, per-class regression (N × C·4) at ``classes``."""
+    if box_regression.shape[1] == 4:
+        return box_regression
+    per_class = box_regression.reshape(box_regression.shape[0], -1, 4)
+    return per_class[torch.arange(per_class.shape[0], device=per_class.device), classes]
+
+
+def foreground_argmax(class_logits: torch.Tensor) -> torch.Tensor:
+    """The most likely foreground class of each RoI (ids >= 1)."""
+    return class_logits[:, 1:].argmax(1) + 1
 
 
 class FusedSemanticHead(nn.Module):
@@ -252,7 +266,8 @@ class CascadeRoIHeads(nn.Module):
                  out_channels: int = 256, representation: int = 1024, mask_channels: int = 256,
                  mask_convs: int = 4, samples_per_image: int = 512, positive_fraction: float = 0.25,
                  score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 1000,
-                 mask_dice_weight: float = 0.0, semantic_gating: bool = False) -> None:
+                 mask_dice_weight: float = 0.0, semantic_gating: bool = False,
+                 class_agnostic_boxes: bool = True) -> None:
         super().__init__()
         if len(stage_ious) != len(stage_loss_weights):
             raise ValueError("stage_ious and stage_loss_weights must have the same length")
@@ -266,7 +281,9 @@ class CascadeRoIHeads(nn.Module):
         self.box_roi_pool = MultiScaleRoIAlign(FPN_LEVELS, output_size=7, sampling_ratio=2)
         self.mask_roi_pool = MultiScaleRoIAlign(FPN_LEVELS, output_size=14, sampling_ratio=2)
         self.box_heads = nn.ModuleList(TwoMLPHead(out_channels * 49, representation) for _ in self.stage_ious)
-        self.box_predictors = nn.ModuleList(StagePredictor(representation, num_classes) for _ in self.stage_ious)
+        self.class_agnostic_boxes = class_agnostic_boxes
+        self.box_predictors = nn.ModuleList(StagePredictor(representation, num_classes, class_agnostic_boxes)
+                                            for _ in self.stage_ious)
         self.mask_head = MaskRCNNHeads(out_channels, [mask_channels] * mask_convs, 1)
         self.mask_predictor = MaskRCNNPredictor(mask_channels, mask_channels, num_classes)
         self.score_thresh = score_thresh
@@ -333,6 +350,10 @@ class CascadeRoIHeads(nn.Module):
             regression_targets = torch.cat(regression_targets)
             loss_cls = F.cross_entropy(class_logits, all_labels)
             pos = torch.where(all_labels > 0)[0]
+            # per-class regression: positives learn the box of their ground-truth class, and each RoI is
+            # refined with that class's box (the predicted foreground class for background RoIs, as mmdet)
+            box_classes = torch.where(all_labels > 0, all_labels, foreground_argmax(class_logits.detach()))
+            box_regression = deltas_for(box_regression, box_classes)
             loss_box = F.smooth_l1_loss(box_regression[pos], regression_targets[pos], beta=1 / 9,
                                         reduction="sum") / max(all_labels.numel(), 1)
             w = self.stage_loss_weights[stage]
@@ -379,18 +400,32 @@ class CascadeRoIHeads(nn.Module):
         rois = proposals
         stage_probs = []
         boxes = rois
+        per_class_boxes = None
+        last = len(self.stage_ious) - 1
         for stage in range(len(self.stage_ious)):
             class_logits, box_regression = self._box_features(stage, features, rois, image_sizes, semantic_embedding)
             stage_probs.append(F.softmax(class_logits, -1))
             counts = [r.shape[0] for r in rois]
-            decoded = self.box_coders[stage].decode(box_regression, rois).reshape(-1, 4).split(counts)
+            coder = self.box_coders[stage]
+            if stage == last and not self.class_agnostic_boxes:
+                # the last stage's box of every foreground class, one candidate per class below
+                n_fg = self.num_classes - 1
+                deltas = box_regression.reshape(-1, self.num_classes, 4)[:, 1:].reshape(-1, n_fg * 4)
+                decoded = coder.decode(deltas, rois).reshape(-1, n_fg, 4).split(counts)
+                per_class_boxes = [clip_boxes_to_image(d.reshape(-1, 4), size).reshape(-1, n_fg, 4)
+                                   for d, size in zip(decoded, image_sizes)]
+            deltas = deltas_for(box_regression, foreground_argmax(class_logits))
+            decoded = coder.decode(deltas, rois).reshape(-1, 4).split(counts)
             boxes = [clip_boxes_to_image(d, size) for d, size in zip(decoded, image_sizes)]
             rois = boxes
         probs = torch.stack(stage_probs).mean(0).split([b.shape[0] for b in boxes])
         results = []
-        for img_boxes, img_probs, size in zip(boxes, probs, image_sizes):
+        for index, (img_boxes, img_probs, size) in enumerate(zip(boxes, probs, image_sizes)):
             n_fg = self.num_classes - 1
-            cand_boxes = img_boxes[:, None, :].expand(-1, n_fg, 4).reshape(-1, 4)
+            if per_class_boxes is not None:
+                cand_boxes = per_class_boxes[index].reshape(-1, 4)
+            else:
+                cand_boxes = img_boxes[:, None, :].expand(-1, n_fg, 4).reshape(-1, 4)
             cand_scores = img_probs[:, 1:].reshape(-1)
             cand_labels = torch.arange(1, self.num_classes, device=img_boxes.device).repeat(img_boxes.shape[0])
             keep = torch.where(cand_scores > self.score_thresh)[0]
@@ -447,7 +482,8 @@ class TwoStageDetector(CellModel):
             out_channels=out_channels, representation=cfg.representation, mask_channels=cfg.mask_channels,
             samples_per_image=cfg.roi_samples_per_image, score_thresh=cfg.box_score_thresh,
             nms_thresh=cfg.box_nms_thresh, detections_per_img=cfg.detections_per_img,
-            mask_dice_weight=getattr(cfg, "mask_dice_weight", 0.0), semantic_gating=semantic)
+            mask_dice_weight=getattr(cfg, "mask_dice_weight", 0.0), semantic_gating=semantic,
+            class_agnostic_boxes=not getattr(cfg, "class_specific_boxes", False))
         # (no class-level default: a class attribute would shadow the registered submodule)
         self.semantic_head = FusedSemanticHead(out_channels, channels=cfg.semantic_channels) if semantic else None
 

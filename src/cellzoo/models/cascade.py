@@ -41,6 +41,8 @@ class CascadeConfig:
     stage_ious: tuple[float, ...] = (0.5, 0.6, 0.7)
     stage_loss_weights: tuple[float, ...] = (1.0, 0.5, 0.25)
     mask_dice_weight: float = 0.0
+    #: one regressed box per class (torchvision / HW03 layout) instead of one class-agnostic box
+    class_specific_boxes: bool = False
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
     detections_per_img: int = 1000

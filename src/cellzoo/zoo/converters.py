@@ -9,10 +9,10 @@
   prefixes: unwrapped, prefix stripped, widths/depths read from shapes.
 * The HW03 "Cascade Mask R-CNN" ``best.pth`` (torchvision Mask R-CNN whose modules are registered
   twice, so every tensor appears under 2-3 names): aliases are checked and de-duplicated, the shared
-  box head is copied into our three stage heads, the three stage predictors map to ours.  Our stage
-  predictors regress class-agnostic boxes and decode stage k with (k+1)x the torchvision box-coder
-  weights, so the HW03 per-class regression rows are averaged over the foreground classes (an
-  approximation) and scaled by k+1 (exact).  Anchors are set to HW03's 32-512 px.
+  box head is copied into our three stage heads, the three stage predictors map to ours with their
+  per-class box regression (``class_specific_boxes``); our stage k decodes with (k+1)x the torchvision
+  box-coder weights, so its regression rows are scaled by k+1, which gives the same boxes.  Anchors are
+  set to HW03's 32-512 px.
 * SCTS's mmcv checkpoint ``{'meta','state_dict','optimizer','amp'}`` (mmdet HTC, Swin-T): Swin
   ``layers.i.blocks.j`` -> torchvision ``features.(2i+1).j``, ``layers.i.downsample`` ->
   ``features.(2i+2)``, mmdet FPN/RPN/heads -> torchvision names; mmdet's background-last class order
@@ -247,13 +247,13 @@ def _convert_cascade(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Te
         out[f"roi_heads.{prefix}cls_score.weight"] = state[prefix + "cls_score.weight"]
         out[f"roi_heads.{prefix}cls_score.bias"] = state[prefix + "cls_score.bias"]
         for part in ("weight", "bias"):
-            per_class = state[prefix + f"bbox_pred.{part}"]
-            rows = per_class.reshape(num_classes, 4, *per_class.shape[1:])[1:]  # drop background rows
-            out[f"roi_heads.{prefix}bbox_pred.{part}"] = rows.mean(0) * (stage + 1)
+            # our stage k decodes deltas divided by (k+1)x torchvision's weights: scale to keep the boxes
+            out[f"roi_heads.{prefix}bbox_pred.{part}"] = state[prefix + f"bbox_pred.{part}"] * (stage + 1)
     names = ["background"] + [f"class{i}" for i in range(1, num_classes)]
     config = {"backbone": _RESNET_DEPTH[depth], "norm": "frozen", "class_names": names,
               "anchor_sizes": [32, 64, 128, 256, 512], "stage_ious": [0.5, 0.6, 0.7][: len(stages)],
               "stage_loss_weights": [1.0, 0.5, 0.25][: len(stages)], "detections_per_img": 2000,
+              "class_specific_boxes": True,
               "representation": int(head["fc6.weight"].shape[0]),
               "mask_channels": int(state["base_model.roi_heads.mask_head.0.0.weight"].shape[0])}
     return out, config
