@@ -39,6 +39,11 @@ CONFIGS: dict[str, tuple[str, dict, bool]] = {
                               True),
     "repsnet 16-128 deploy": ("repsnet", {"filters": [16, 32, 64, 128], "num_classes": 5, "align_corners": False},
                               True),
+    # the half-resolution variant (input_stride 2) of the embedded default cellzoo-he
+    "repsnet 16-128 s2 deploy": ("repsnet", {"filters": [16, 32, 64, 128], "num_classes": 5, "align_corners": False,
+                                             "input_stride": 2}, True),
+    # the shipped default itself (trained weights: real maps, so real post-processing time)
+    "cellzoo-he (embedded)": ("zoo", {"name": "cellzoo-he"}, False),
     "repsnet 12-96 deploy": ("repsnet", {"filters": [12, 24, 48, 96], "num_classes": 5, "align_corners": False},
                              True),
     "repsnet 8-64 deploy": ("repsnet", {"filters": [8, 16, 32, 64], "num_classes": 5, "align_corners": False},
@@ -82,7 +87,12 @@ def build(name: str, weights: str | None):
     from cellzoo.models import build_model
 
     family, config, deploy = CONFIGS[name]
-    if weights:
+    if family == "zoo":
+        from cellzoo.zoo import load_model
+
+        loaded = load_model(config["name"])
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+    elif weights:
         from cellzoo.zoo.weights import load_weights
 
         model = load_weights(weights)[0]
@@ -136,10 +146,15 @@ def run_one(name: str, size: int, precision: str, weights: str | None, threads: 
     started = time.perf_counter()
     result = segment(model, image, device="cpu", amp=amp)
     engine_seconds = time.perf_counter() - started
+    trained = bool(weights) or CONFIGS[name][0] == "zoo"
     if model.kind == "detection":
         # detections are stitched and painted inside the engine's tile loop: time it end to end
         truth, post_seconds = result, 0.0
         network = total = result.meta["seconds"]
+    elif trained:
+        # trained weights give real maps: the engine's own end-to-end time and post-processing share
+        truth, post_seconds = result, result.meta["postprocess_seconds"]
+        network, total = result.meta["seconds"] - post_seconds, result.meta["seconds"]
     else:
         maps = gt_maps(model, labels)
         started = time.perf_counter()
@@ -151,6 +166,7 @@ def run_one(name: str, size: int, precision: str, weights: str | None, threads: 
             "post_s": post_seconds, "total_s": total, "mpix_per_s": size * size / 1e6 / total,
             "post_fraction": post_seconds / total, "engine_s_random_weights": engine_seconds,
             "tiles": result.meta["tiles"], "tile": result.meta["tile"], "objects_gt_maps": truth.count,
+            "trained_weights": trained,
             "objects_gt": int(len(np.unique(labels)) - 1),
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
 
@@ -160,6 +176,8 @@ def flops_per_mpix(name: str) -> tuple[float, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
     model = build(name, None)
+    if getattr(model.config, "deploy", None) is False and hasattr(model, "reparameterize"):
+        model.reparameterize()  # count the fused convs that inference runs
     x = torch.rand(1, 3, 256, 256) * 255
     x = model.preprocess(x[0].permute(1, 2, 0).numpy())[None] if model.kind == "detection" else x
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
@@ -212,17 +230,19 @@ def accuracy(weights: str, images: int, threads: int) -> dict:
             for p, v in rows.items()}
 
 
-def markdown(rows, flops, conv, args) -> str:
+def markdown(rows, flops, conv, args, load) -> str:
     lines = [
         "# Inference benchmark (`benchmarks/inference.py`)", "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-        f"{__import__('torch').__version__}, {args.threads} threads. **The machine was shared with other "
-        "jobs while this ran (load average ~8–12 on 2 cores), so absolute times are pessimistic and noisy.**",
+        f"{__import__('torch').__version__}, {args.threads} threads. 1-minute load average before / after "
+        f"the runs: {load[0]:.1f} / {load[1]:.1f} (above ~0.5 other jobs shared the cores).",
         "",
         f"3×3 conv throughput (64→64, 256², channels_last): fp32 {conv['fp32']:.0f} GFLOP/s, "
         f"bf16 {conv['bf16']:.0f} GFLOP/s.", "",
-        "Weights are random (network time does not depend on them); post-processing is timed on maps built "
-        "from MoNuSeg ground truth mosaicked to the size. End to end = network + post-processing. "
+        "Weights are random (network time does not depend on them) and post-processing is timed on maps built "
+        "from MoNuSeg ground truth mosaicked to the size, except for rows with trained weights (the embedded "
+        "model, detectors): those are the engine's own end-to-end time on the MoNuSeg mosaic. "
+        "End to end = network + post-processing. "
         "`conv %` = achieved network GFLOP/s (FLOPs of the input area incl. tiling overlap not counted) over "
         "the conv throughput above.", "",
         "| config | params (M) | GFLOP/MPix | size | precision | tiles | network s | post s | post % | "
@@ -277,6 +297,7 @@ def main(argv=None) -> int:
     sizes = args.sizes or ([512, 1024] if args.quick else [512, 1024, 2048, 4096])
     configs = args.configs or list(CONFIGS)
     weights = dict(item.split("=", 1) for item in args.weights)
+    load_before = os.getloadavg()[0]
     conv = conv_throughput(args.threads)
     print(f"conv 3x3: fp32 {conv['fp32']:.0f} GFLOP/s, bf16 {conv['bf16']:.0f} GFLOP/s", flush=True)
     flops = {name: flops_per_mpix(name) for name in configs}
@@ -310,7 +331,7 @@ def main(argv=None) -> int:
     rows.sort(key=lambda r: (order.index(r["config"]) if r["config"] in order else 99, r["size"], r["precision"]))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     store.write_text(json.dumps({"rows": rows, "flops": flops, "conv": conv}, indent=1))
-    text = markdown(rows, flops, conv, args)
+    text = markdown(rows, flops, conv, args, (load_before, os.getloadavg()[0]))
     Path(args.out).write_text(text)
     print(text)
     return 0

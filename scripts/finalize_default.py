@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 REGISTRY = REPO / "src" / "cellzoo" / "zoo" / "registry.json"
 RESULTS = REPO / "benchmarks" / "results" / "default_models.md"
 
-GRID = {"boundary_threshold": [3, 4, 5, 6], "foreground_threshold": [0.4, 0.5, 0.6], "min_size": [8, 16]}
+GRID = {"boundary_threshold": [3, 4, 5, 6, 7, 8], "foreground_threshold": [0.3, 0.4, 0.5, 0.6], "min_size": [8, 16]}
 
 
 def tune(model, val) -> tuple[dict, float]:
@@ -85,9 +85,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     run = Path(args.run)
     trained, meta = load_weights(run / "best.safetensors")
-    # Trained with the authors' align_corners=True bilinear branch on random 256² crops, so the network saw
-    # every sub-pixel offset within ±0.25 coarse px; align_corners=False (offset 0 everywhere) is inside that
-    # range and, unlike True, makes tiled and whole-image passes agree.
+    # train_defaults.py trains with align_corners=False; runs made before it did (authors' True, random 256²
+    # crops, so the network saw every sub-pixel offset within ±0.25 coarse px) are switched to False, which
+    # is inside that range and, unlike True, makes tiled and whole-image passes agree.
     config = trained.config_dict()
     config["align_corners"] = False
     model = build_model("repsnet", config)
@@ -121,8 +121,16 @@ def main(argv=None) -> int:
     training = {"data": data_name, "script": "scripts/train_defaults.py", "epochs": epochs, "best_epoch": best_epoch,
                 "steps": epochs * int(meta.get("training", {}).get("config", {}).get("steps_per_epoch") or 0),
                 "minutes": round(float(summary.get("minutes", sum(h["seconds"] for h in history) / 60)), 1),
-                "device": f"CPU ({platform.machine()}, 1 thread, shared 2-core machine), bf16 autocast",
+                "device": f"CPU ({summary.get('machine') or platform.machine()}; 2-core AMD EPYC), bf16 autocast",
                 "validation_pq": history[best_epoch - 1]["metrics"].get("pq")}
+    if summary.get("init"):
+        # a continued run: keep the earlier training's record next to this one
+        from cellzoo.zoo.weights import read_metadata
+
+        earlier = read_metadata(summary["init"]).get("training", {})
+        training["continued_from"] = earlier
+        training["total_minutes"] = round(training["minutes"] + float(earlier.get("total_minutes",
+                                                                                  earlier.get("minutes", 0))), 1)
     registry = json.loads(REGISTRY.read_text())
     entries = registry["models"] if isinstance(registry, dict) else registry
     entry = next(e for e in entries if e["name"] == args.name)
@@ -140,8 +148,8 @@ def main(argv=None) -> int:
     entry["metrics"] = {f"{short[t]}_{k}": v[k] for t, v in metrics.items() if t in short for k in keys if k in v}
     entry["training_data"] = entry.get("training_data") or data_name
     entry["notes"] = (entry.get("notes", "").split(" Trained")[0] +
-                      f" Trained {training['minutes']} min on {training['device']}; "
-                      f"{epochs} epochs of {training['steps'] // max(epochs, 1)} steps.")
+                      f" Trained {training.get('total_minutes', training['minutes'])} min on {training['device']}; "
+                      f"last run {epochs} epochs of {training['steps'] // max(epochs, 1)} steps.")
     REGISTRY.write_text(json.dumps(registry, indent=1) + "\n")
 
     lines = RESULTS.read_text().splitlines() if RESULTS.is_file() else [
