@@ -90,6 +90,8 @@ def main(argv=None) -> int:
                         help="with --scheduler cosine the learning rate reaches 0 after this many epochs")
     parser.add_argument("--init", default=None, metavar="FILE.safetensors",
                         help="continue from these weights (e.g. an embedded model) instead of random ones")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (AMP is used on CUDA)")
+    parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes (GPU runs)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU (faster where supported)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -115,7 +117,8 @@ def main(argv=None) -> int:
     config = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                          lr=args.lr, crop=args.crop, augment=augment, oversample_rare=args.which == "he",
                          seed=args.seed, out_dir=args.out, resume=args.resume, max_val_images=None,
-                         data_name=data_name, scheduler=args.scheduler, device="cpu", cpu_bf16=args.bf16)
+                         data_name=data_name, scheduler=args.scheduler, device=args.device, cpu_bf16=args.bf16,
+                         num_workers=args.workers)
     print(f"{args.which}: {len(train)} training tiles, {len(val)} validation images, filters {filters}, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters", flush=True)
 
@@ -147,7 +150,8 @@ def main(argv=None) -> int:
     summary = {"which": args.which, "minutes": (time.time() - started) / 60, "best_path": str(best_path),
                "best_val_pq": best_pq, "epochs": epochs, "filters": filters,
                "init": args.init, "input_stride": model.config.input_stride,
-               "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, CPU",
+               "machine": (torch.cuda.get_device_name() if args.device in ("cuda", "auto") and torch.cuda.is_available()
+                           else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, CPU"),
                "data": data_name}
     Path(args.out, "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
