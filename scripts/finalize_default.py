@@ -74,6 +74,12 @@ def score(model, dataset, amp, class_names=None) -> tuple[dict, float]:
     return result.summary, seconds
 
 
+def _device_text(machine: str) -> str:
+    if machine.endswith("CPU"):
+        return f"{machine} (2-core AMD EPYC, AVX512-BF16), bf16 autocast"
+    return f"{machine}, AMP"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", choices=["he", "fluo"])
@@ -121,7 +127,7 @@ def main(argv=None) -> int:
     training = {"data": data_name, "script": "scripts/train_defaults.py", "epochs": epochs, "best_epoch": best_epoch,
                 "steps": epochs * int(meta.get("training", {}).get("config", {}).get("steps_per_epoch") or 0),
                 "minutes": round(float(summary.get("minutes", sum(h["seconds"] for h in history) / 60)), 1),
-                "device": f"CPU ({summary.get('machine') or platform.machine()}; 2-core AMD EPYC), bf16 autocast",
+                "device": _device_text(summary.get("machine") or f"{platform.machine()}, CPU"),
                 "validation_pq": history[best_epoch - 1]["metrics"].get("pq")}
     if summary.get("init"):
         # a continued run: keep the earlier training's record next to this one
