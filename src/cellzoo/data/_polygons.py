@@ -6,6 +6,8 @@ Formats that use pixel-index coordinates (MoNuSeg XML) pass ``center=0.0``.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -160,3 +162,18 @@ def default_class_names(names_seen: Iterable[str]) -> list[str]:
         if seen and lowered <= {k.lower() for k in known[1:]}:
             return list(known)
     return ["background"] + seen
+
+
+def load_json(source, in_memory_types: tuple[type, ...], what: str, in_memory_name: str):
+    """``(data, where)`` for the JSON readers: an in-memory object passes through, a path is read with a
+    clear error for a missing file or invalid JSON; ``where`` names the source in later messages."""
+    if isinstance(source, in_memory_types):
+        return source, in_memory_name
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path.name} is not valid JSON ({exc}).") from exc
+    return data, path.name

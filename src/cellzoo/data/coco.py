@@ -130,18 +130,7 @@ def write_coco(path: str | os.PathLike, coco: dict | list) -> Path:
 # ----------------------------------------------------------------------------- decoding
 def read_coco(source: str | os.PathLike | dict) -> dict:
     """Load and check a COCO annotation file (or pass a dict through the same checks)."""
-    if isinstance(source, dict):
-        coco = source
-        where = "COCO dict"
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"COCO file not found: {path}.")
-        try:
-            coco = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path.name} is not valid JSON ({exc}).") from exc
-        where = path.name
+    coco, where = _polygons.load_json(source, (dict,), "COCO file", "COCO dict")
     if not isinstance(coco, dict) or "images" not in coco or "annotations" not in coco:
         hint = " It looks like a COCO results list; use read_coco_results." if isinstance(coco, list) else ""
         raise ValueError(f"{where} is not a COCO annotation file: it needs 'images' and 'annotations'.{hint}")
@@ -281,17 +270,7 @@ def read_coco_results(source: str | os.PathLike | list, image_id: int | None = N
     below ``score_threshold`` are dropped; where masks overlap the higher score wins. ``image_id`` may
     be omitted when the list holds one image; ``shape`` when the entries carry RLE sizes.
     """
-    if isinstance(source, list):
-        results, where = source, "results list"
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"COCO results file not found: {path}.")
-        try:
-            results = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path.name} is not valid JSON ({exc}).") from exc
-        where = path.name
+    results, where = _polygons.load_json(source, (list,), "COCO results file", "results list")
     if not isinstance(results, list) or any(not isinstance(r, dict) or "segmentation" not in r for r in results):
         raise ValueError(f"{where} is not a COCO results list (a JSON list of "
                          f"{{image_id, category_id, score, bbox, segmentation}}).")

@@ -135,17 +135,7 @@ def read_geojson(source: str | os.PathLike | dict | list, shape: tuple[int, int]
     in it (MoNuSAC, CoNSeP), else order of appearance. Unclassified features get class 0, and a file with no classifications gives ``classes=None``.
     Features without an area (points, lines) are skipped with a warning.
     """
-    if isinstance(source, (dict, list)):
-        data, where = source, "GeoJSON object"
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"GeoJSON file not found: {path}.")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path.name} is not valid JSON ({exc}).") from exc
-        where = path.name
+    data, where = _polygons.load_json(source, (dict, list), "GeoJSON file", "GeoJSON object")
     objects: list[tuple[str, list[np.ndarray], list[np.ndarray]]] = []
     ids_written: list = []
     skipped = 0

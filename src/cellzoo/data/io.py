@@ -153,13 +153,7 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> Path:
     fits_16 = labels.size == 0 or int(labels.max()) < 2 ** 16
     if suffix == ".png" and not fits_16:
         raise ValueError(f"{path.name}: ids up to {labels.max()} do not fit a 16-bit PNG; write a .tif.")
-    data = labels.astype(np.uint16 if fits_16 else np.uint32)
-    with atomic_path(path) as tmp:
-        if suffix == ".png":
-            iio.imwrite(tmp, data, extension=".png")
-        else:
-            tifffile.imwrite(tmp, data, compression="zlib", photometric="minisblack")
-    return path
+    return _write_integer_map(path, suffix, labels.astype(np.uint16 if fits_16 else np.uint32))
 
 
 def read_class_map(path: str | os.PathLike) -> np.ndarray:
@@ -184,7 +178,11 @@ def write_class_map(path: str | os.PathLike, classes: np.ndarray) -> Path:
         raise ValueError(f"a class map must be 2-D (H×W), got shape {classes.shape}.")
     if classes.size and (classes.min() < 0 or classes.max() > 255):
         raise ValueError(f"class ids must be 0..255, got {classes.min()}..{classes.max()}.")
-    data = classes.astype(np.uint8)
+    return _write_integer_map(path, suffix, classes.astype(np.uint8))
+
+
+def _write_integer_map(path: Path, suffix: str, data: np.ndarray) -> Path:
+    """Atomic write of a 2-D integer map as PNG or zlib TIFF (label and class maps alike)."""
     with atomic_path(path) as tmp:
         if suffix == ".png":
             iio.imwrite(tmp, data, extension=".png")
