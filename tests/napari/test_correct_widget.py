@@ -1,51 +1,17 @@
 """Correct widget in a real napari viewer (Xvfb): every tool, key bindings, mouse, undo/redo, training set."""
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
-from napari.utils._proxies import ReadOnlyWrapper
-from napari.utils.interactions import mouse_press_callbacks
-from napari.utils.key_bindings import coerce_keybinding
 from skimage import io
 
 from cellzoo._napari._layers import show_segmentation
 from cellzoo._napari.correct_widget import CorrectWidget
 from cellzoo.annotate import next_free_id, read_training_set
+from viewer_input import click, deepest, press
 
 CONSEP_NAMES = ["background", "other", "inflammatory", "epithelial", "spindle-shaped"]
 CONSEP_COLORS = ["#000000", "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e"]
 SCALE = (0.5, 0.5)  # a pixel size, so clicks must be mapped from world to data coordinates
-
-
-@dataclass
-class MouseEvent:
-    type: str
-    position: tuple
-    modifiers: list = field(default_factory=list)
-    is_dragging: bool = False
-    view_direction: object = None
-    dims_displayed: tuple = (0, 1)
-    dims_point: tuple = (0, 0)
-    handled: bool = False
-
-
-def click(layer, data_rc, modifiers):
-    """A real mouse press through napari's callback dispatch, at data (row, col)."""
-    world = tuple(np.asarray(layer.data_to_world(data_rc)))
-    mouse_press_callbacks(layer, ReadOnlyWrapper(MouseEvent("mouse_press", world, list(modifiers)),
-                                                 exceptions=("handled",)))
-
-
-def press(layer, key):
-    layer.keymap[coerce_keybinding(key)](layer)
-
-
-def inside(labels, label):
-    """A pixel deep inside an instance (max of the distance transform)."""
-    from scipy import ndimage
-
-    dist = ndimage.distance_transform_edt(labels == label)
-    return tuple(int(v) for v in np.unravel_index(dist.argmax(), labels.shape))
 
 
 @pytest.fixture
@@ -92,7 +58,7 @@ def test_delete_by_shift_click_and_undo(setup):
     viewer, widget, inst, cls = setup
     before = np.asarray(inst.data).copy()
     target = big_ids(before, 1)[0]
-    click(inst, inside(before, target), ["Shift"])
+    click(inst, deepest(before, target), ["Shift"])
     assert target not in inst.data and (inst.data[before == target] == 0).all()
     assert target not in set(inst.features["label"])
     assert (cls.data[before == target] == 0).all()
@@ -109,8 +75,8 @@ def test_merge_selection_assign_class_undo_redo(setup):
     cls.visible = False  # napari does not slice hidden layers: edits must still reach them, undoably
     labels0, classes0 = np.asarray(inst.data).copy(), np.asarray(cls.data).copy()
     a, b = big_ids(labels0, 2)
-    click(inst, inside(labels0, a), ["Control"])
-    click(inst, inside(labels0, b), ["Control"])
+    click(inst, deepest(labels0, a), ["Control"])
+    click(inst, deepest(labels0, b), ["Control"])
     assert widget.selection == {a, b}
     overlay = viewer.layers["patch instances selection"]  # the selection is outlined on screen
     np.testing.assert_array_equal(overlay.data > 0, (labels0 == a) | (labels0 == b))
@@ -167,8 +133,8 @@ def test_split_with_alt_click_seeds(setup):
 
     # seeds in two different instances: explained, nothing changes
     a, b = big_ids(labels0, 2)
-    click(inst, inside(labels0, a), ["Alt"])
-    click(inst, inside(labels0, b), ["Alt"])
+    click(inst, deepest(labels0, a), ["Alt"])
+    click(inst, deepest(labels0, b), ["Alt"])
     press(inst, "Shift-S")
     assert "one and the same instance" in widget.status_label.text()
     np.testing.assert_array_equal(inst.data, labels0)
@@ -199,7 +165,7 @@ def test_fill_holes_remove_small_relabel(setup, qtbot):
     viewer, widget, inst, cls = setup
     labels0 = np.asarray(inst.data).copy()
     target = big_ids(labels0, 1)[0]
-    hole = inside(labels0, target)
+    hole = deepest(labels0, target)
     inst.brush_size = 1
     inst.paint(hole, 0)  # punch a one-pixel hole with the eraser
     assert inst.data[hole] == 0
@@ -233,7 +199,7 @@ def test_fill_holes_remove_small_relabel(setup, qtbot):
 
 def test_add_to_training_set(setup, tmp_path):
     viewer, widget, inst, cls = setup
-    click(inst, inside(np.asarray(inst.data), big_ids(np.asarray(inst.data), 1)[0]), ["Shift"])
+    click(inst, deepest(np.asarray(inst.data), big_ids(np.asarray(inst.data), 1)[0]), ["Shift"])
     widget.folder_edit.setText(str(tmp_path / "set"))
     widget.buttons["add"].click()
     samples = read_training_set(tmp_path / "set")
@@ -270,7 +236,7 @@ def test_stack_edits_only_the_current_plane(make_napari_viewer, consep):
     viewer.dims.set_current_step(0, 1)
     assert widget.plane() == (1,)
     target = big_ids(stack[1], 1)[0]
-    click(inst, (1, *inside(stack[1], target)), ["Shift"])
+    click(inst, (1, *deepest(stack[1], target)), ["Shift"])
     assert target not in inst.data[1]
     np.testing.assert_array_equal(inst.data[0], stack[0])
     np.testing.assert_array_equal(inst.data[2], stack[2])

@@ -1,14 +1,10 @@
 """The whole loop in one real napari window (Xvfb) on a real CoNSeP patch:
 segment -> correct with each tool -> add to training set -> fine-tune a few steps -> re-segment -> evaluate,
 plus: cancelling the fine-tuning leaves no model file behind."""
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 import torch
-from napari.utils._proxies import ReadOnlyWrapper
-from napari.utils.interactions import mouse_press_callbacks
-from napari.utils.key_bindings import coerce_keybinding
 from qtpy.QtCore import Qt
 from scipy import ndimage
 from skimage import io
@@ -20,36 +16,10 @@ from cellzoo._napari.segment_widget import SegmentWidget
 from cellzoo.annotate import instance_table, next_free_id, read_training_set
 from cellzoo.metrics import image_metrics
 from cellzoo.models import build_model
+from viewer_input import click, deepest, press
 
 NAMES = ["background", "other", "inflammatory", "epithelial", "spindle-shaped"]
 COLORS = ["#000000", "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e"]
-
-
-@dataclass
-class MouseEvent:
-    type: str
-    position: tuple
-    modifiers: list = field(default_factory=list)
-    is_dragging: bool = False
-    view_direction: object = None
-    dims_displayed: tuple = (0, 1)
-    dims_point: tuple = (0, 0)
-    handled: bool = False
-
-
-def click(layer, data_rc, modifiers):
-    world = tuple(np.asarray(layer.data_to_world(data_rc)))
-    mouse_press_callbacks(layer, ReadOnlyWrapper(MouseEvent("mouse_press", world, list(modifiers)),
-                                                 exceptions=("handled",)))
-
-
-def press(layer, key):
-    layer.keymap[coerce_keybinding(key)](layer)
-
-
-def deepest(labels, label):
-    dist = ndimage.distance_transform_edt(labels == label)
-    return tuple(int(v) for v in np.unravel_index(dist.argmax(), labels.shape))
 
 
 def largest(labels, n):
