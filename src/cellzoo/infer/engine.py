@@ -237,6 +237,9 @@ def _dense_maps(model, tensor, plan: TilePlan, batch_size, device, dtype, channe
                 maps = predict_maps(model, batch, tta)
             cores = {name: value[:, :, halo:halo + plan.rows.core, halo:halo + plan.cols.core].float().cpu().numpy()
                      for name, value in maps.items()}
+            if len(plan) == 1:  # one pass: nothing to blend (all weights are 1), so skip the extra copies
+                yield Progress("tiles", 1, 1)
+                return {name: np.ascontiguousarray(value[0, :, :height, :width]) for name, value in cores.items()}
             for index, (row, col, y, x) in enumerate(group):
                 core_h, core_w = plan.core_extent(y, x)
                 weights = plan.weights(row, col)[:core_h, :core_w]
