@@ -358,3 +358,23 @@ def test_postprocess_is_equivariant_to_flips_and_rotations(shared_data):
         pairs = np.unique(np.stack([base.ravel(), back.ravel()]), axis=1)
         # the same partition: every id pairs with exactly one id of the other result
         assert len(set(pairs[0])) == len(set(pairs[1])) == pairs.shape[1], (k, flip)
+
+
+def test_a_distance_channel_below_zero_still_learns(shared_data):
+    # a "dead" ReLU output (pre-activation < 0 everywhere) gets no gradient through the ReLU; the loss fits
+    # nucleus pixels on the pre-ReLU map, so the channel recovers instead of voting every pixel a boundary
+    root = shared_data / "consep/train"
+    image = io.imread(root / "images/train_1_004.jpg")[:64, :64].astype(np.float32)
+    labels = io.imread(root / "inst/train_1_004.png").astype(np.int32)[:64, :64]
+    model = build_model("repsnet", {"filters": TINY, "input_stride": 2})
+    with torch.no_grad():
+        model.boundary_distance_map[0].bias[1] = -50.0
+    x = model.preprocess(image)[None]
+    t = {k: torch.from_numpy(np.ascontiguousarray(v))[None] for k, v in model.targets(labels, None).items()}
+    out = model.train()(x)
+    assert float(out["distance"][:, 1].abs().max()) == 0.0  # dead at the output
+    model.loss(out, t)["total"].backward()
+    grad = model.boundary_distance_map[0].bias.grad
+    assert grad[1] < 0  # gradient descent raises the dead channel's bias
+    with torch.no_grad():
+        assert "distance_raw" not in model.eval()(x)  # inference and export see the authors' outputs only

@@ -491,7 +491,14 @@ class RepSNet(CellModel):
         feats = self.encoder(x)
         x1 = self.decoder1(feats)
         x2 = self.decoder2(feats)
-        out = {"nucleus": self.nucleus_map(x1), "distance": self.boundary_distance_map(x2)}
+        distance_conv, distance_relu = self.boundary_distance_map
+        raw_distance = distance_conv(x2)
+        out = {"nucleus": self.nucleus_map(x1), "distance": distance_relu(raw_distance)}
+        if self.training:
+            # the loss fits nucleus pixels on the pre-ReLU output, so a channel pushed below zero still gets
+            # a gradient (with the ReLU output alone a channel can die: it happened to the "right" distance
+            # of a CPU-trained model, every pixel then voted for its own left neighbour as boundary)
+            out["distance_raw"] = raw_distance
         if self.has_type_head:
             out["type"] = self.type_map(x1)
         if stride > 1:
@@ -587,13 +594,16 @@ class RepSNet(CellModel):
             terms["type_dice"] = soft_dice_loss(logits.softmax(1), type_true, ignore_index=UNKNOWN_TYPE)
             terms["type_focal"] = focal_loss(logits, type_true, self.config.focal_gamma, weight,
                                              ignore_index=UNKNOWN_TYPE)
-        # SmoothL1 on nucleus pixels (sqrt scale) + mean prediction on background pixels (pushes it to 0)
+        # SmoothL1 on nucleus pixels (sqrt scale) + mean prediction on background pixels (pushes it to 0);
+        # nucleus pixels use the pre-ReLU output when the model gives it (targets there are >= 1, so the
+        # optimum is the same, but a negative pre-activation is still pulled back up)
         pred = outputs["distance"].float().permute(0, 2, 3, 1)
+        fit = outputs.get("distance_raw", outputs["distance"]).float().permute(0, 2, 3, 1)
         true = targets["distance"].float().permute(0, 2, 3, 1)
         inside = nucleus_true > 0
         dist = pred.new_zeros(())
         if inside.any():
-            dist = dist + F.smooth_l1_loss(pred[inside], true[inside])
+            dist = dist + F.smooth_l1_loss(fit[inside], true[inside])
         if (~inside).any():
             dist = dist + pred[~inside].mean()
         terms["distance"] = dist
