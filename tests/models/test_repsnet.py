@@ -378,3 +378,31 @@ def test_a_distance_channel_below_zero_still_learns(shared_data):
     assert grad[1] < 0  # gradient descent raises the dead channel's bias
     with torch.no_grad():
         assert "distance_raw" not in model.eval()(x)  # inference and export see the authors' outputs only
+
+
+def test_type_map_names_instances_but_never_removes_them(shared_data):
+    # real MoNuSeg nuclei; the type map calls half of them "background" (as a typed model does on untyped
+    # H&E it learned only background from): those nuclei stay, with their most likely foreground type
+    labels = io.imread(shared_data / "monuseg2018/labels/test" / sorted(
+        p.name for p in (shared_data / "monuseg2018/labels/test").glob("*.png"))[0]).astype(np.int32)[:256, :256]
+    maps = _perfect_maps(labels)
+    ids = np.unique(labels)[1:]
+    type_prob = np.zeros((5,) + labels.shape, np.float32)
+    type_prob[0] = 1.0
+    type_prob[0, labels > 0] = 0.6
+    type_prob[3, labels > 0] = 0.3  # the runner-up foreground type: epithelial
+    hidden = np.isin(labels, ids[::2])  # every other nucleus: type map says background
+    type_prob[0, (labels > 0) & ~hidden] = 0.1
+    type_prob[2, (labels > 0) & ~hidden] = 0.8
+    maps["type"] = type_prob
+    model = build_model("repsnet", {"filters": TINY, "num_classes": 5})
+    result = model.postprocess(maps, min_size=0)
+    assert _matched_fraction(labels, result.labels) > 0.95
+    right = []
+    for gt_id in ids:
+        overlap = np.bincount(result.labels[labels == gt_id])
+        overlap[0] = 0
+        if overlap.max() > 0:
+            expected = 3 if gt_id in ids[::2] else 2
+            right.append(result.class_of[int(overlap.argmax())] == expected)
+    assert len(right) > 0.95 * len(ids) and np.mean(right) > 0.95

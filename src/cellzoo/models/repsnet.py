@@ -390,12 +390,14 @@ def repsnet_postprocess(nucleus_prob: np.ndarray, sqrt_distances: np.ndarray, ty
     keep[0] = False
     classes = None
     if type_prob is not None:
+        # The nucleus map decides which instances exist; the type map only names them, by the majority of
+        # each pixel's most likely *foreground* type. (Requiring type votes dropped every nucleus a model
+        # called "background" in its type map, which a typed model trained partly on untyped data such as
+        # MoNuSeg does: MoNuSeg validation AJI fell to 0.02.)
         ncls = type_prob.shape[0]
-        type_map = type_prob.argmax(0)
+        type_map = type_prob[1:].argmax(0) + 1
         votes = np.bincount(flat.astype(np.int64) * ncls + type_map.ravel(),
                             minlength=(n + 1) * ncls).reshape(n + 1, ncls)
-        votes[:, 0] = 0
-        keep &= votes.sum(1) > 0
         classes = votes.argmax(1)
     score_all = np.bincount(flat, weights=nucleus_prob.ravel(), minlength=n + 1) / np.maximum(area, 1)
     lut = np.zeros(n + 1, np.int32)
