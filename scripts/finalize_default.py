@@ -87,10 +87,12 @@ def main(argv=None) -> int:
     parser.add_argument("--name", required=True)
     parser.add_argument("--seed", type=int, default=322)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--checkpoint", default="best.safetensors",
+                        help="which file of the run to finish (best by validation PQ, or last)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     run = Path(args.run)
-    trained, meta = load_weights(run / "best.safetensors")
+    trained, meta = load_weights(run / args.checkpoint)
     # train_defaults.py trains with align_corners=False; runs made before it did (authors' True, random 256²
     # crops, so the network saw every sub-pixel offset within ±0.25 coarse px) are switched to False, which
     # is inside that range and, unlike True, makes tiled and whole-image passes agree.
