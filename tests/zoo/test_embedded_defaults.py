@@ -1,7 +1,7 @@
 """The embedded default models load without network and segment real images as well as recorded.
 
 Thresholds sit a little below what these exact images gave when the weights were embedded
-(fluorescence sample AJI 0.813; CoNSeP test patches 0.419 / 0.444), so a broken loader, engine or
+(fluorescence sample AJI 0.872; CoNSeP test patches: see the H&E test), so a broken loader, engine or
 post-processing change fails here while the recorded figures stay in benchmarks/results/default_models.md.
 """
 import numpy as np
@@ -25,7 +25,7 @@ def test_fluorescence_default_on_the_bundled_sample():
     assert model.metadata["metrics"]["DSB 2018 test (fp32)"]["dsb_ap50"] > 0.5
     result = cellzoo.segment(model, read_image(sample_image_path()))
     assert result.meta["device"] == "cpu"
-    assert aji(read_labels(sample_labels_path()), result.labels) > 0.78
+    assert aji(read_labels(sample_labels_path()), result.labels) > 0.84
     assert 120 < result.count < 180  # the sample holds 148 annotated nuclei
 
 
