@@ -135,7 +135,9 @@ def main(argv=None) -> int:
         # a continued run: keep the earlier training's record next to this one
         from cellzoo.zoo.weights import read_metadata
 
-        earlier = read_metadata(summary["init"]).get("training", {})
+        earlier = {k: v for k, v in read_metadata(summary["init"]).get("training", {}).items()
+                   if k in ("data", "epochs", "steps", "minutes", "total_minutes", "lr", "device", "note",
+                            "continued_from")}
         training["continued_from"] = earlier
         training["total_minutes"] = round(training["minutes"] + float(earlier.get("total_minutes",
                                                                                   earlier.get("minutes", 0))), 1)
