@@ -1,7 +1,7 @@
 """The embedded default models load without network and segment real images as well as recorded.
 
 Thresholds sit a little below what these exact images gave when the weights were embedded
-(fluorescence sample AJI 0.872; CoNSeP test patches: see the H&E test), so a broken loader, engine or
+(fluorescence sample AJI 0.872; CoNSeP test patches 0.473 / 0.532), so a broken loader, engine or
 post-processing change fails here while the recorded figures stay in benchmarks/results/default_models.md.
 """
 import numpy as np
@@ -43,4 +43,4 @@ def test_he_default_types_consep_nuclei():
         assert set(classes.tolist()) <= {1, 2, 3, 4} and len(classes) >= 2
         table = result.table()
         assert set(table["class_name"]) <= set(model.class_names[1:])
-    assert np.mean(scores) > 0.38
+    assert np.mean(scores) > 0.46
