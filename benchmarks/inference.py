@@ -234,8 +234,9 @@ def markdown(rows, flops, conv, args, load) -> str:
     lines = [
         "# Inference benchmark (`benchmarks/inference.py`)", "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-        f"{__import__('torch').__version__}, {args.threads} threads. 1-minute load average before / after "
-        f"the runs: {load[0]:.1f} / {load[1]:.1f} (above ~0.5 other jobs shared the cores).",
+        f"{__import__('torch').__version__}, {args.threads} threads. 1-minute load average when the runs "
+        f"started / ended: {load[0]:.1f} / {load[1]:.1f} (the benchmark's own threads count; clearly above "
+        f"{args.threads} means other jobs shared the cores).",
         "",
         f"3×3 conv throughput (64→64, 256², channels_last): fp32 {conv['fp32']:.0f} GFLOP/s, "
         f"bf16 {conv['bf16']:.0f} GFLOP/s.", "",
