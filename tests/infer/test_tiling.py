@@ -5,7 +5,7 @@ from cellzoo.infer.tiling import plan_tiles, reflect_pad
 
 
 @pytest.mark.parametrize("length,tile,halo,divisor", [(1000, 256, 32, 8), (517, 128, 16, 16), (64, 512, 32, 8),
-                                                      (300, 96, 8, 1), (5, 64, 32, 8)])
+                                                      (300, 96, 8, 1), (5, 64, 32, 8), (1000, 288, 64, 16)])
 def test_plan_covers_every_pixel_with_positive_weight(length, tile, halo, divisor):
     plan = plan_tiles(length, length + 13, tile, halo, divisor)
     assert plan.tile_shape[0] % divisor == 0 and plan.tile_shape[1] % divisor == 0
@@ -17,6 +17,8 @@ def test_plan_covers_every_pixel_with_positive_weight(length, tile, halo, diviso
         h, w = plan.core_extent(y, x)
         weight[y:y + h, x:x + w] += plan.weights(row, col)[:h, :w]
         coverage[y:y + h, x:x + w] += 1
+        # starts on the network's coarsest grid, so tiles and a single pass see the same pixel groups
+        assert y % divisor == 0 and x % divisor == 0
     assert (coverage >= 1).all() and (weight > 0).all()
 
 

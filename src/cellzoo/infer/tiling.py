@@ -62,15 +62,21 @@ def plan_axis(length: int, tile: int, halo: int, divisor: int, min_tile: int = 1
     # Overlap between neighbouring cores, blended with a ramp: residual differences between
     # tiles (context beyond the halo) fade smoothly instead of leaving a seam.
     ramp = max(1, min(max(halo, 8), core // 4))
-    step = core - ramp
+    # Tile starts are multiples of the size divisor, so every tile sees the network's coarsest grid
+    # (and a pixel_unshuffle stem's 2x2 groups) at the same image positions as a single pass does;
+    # otherwise a tile shifted by half a coarse cell predicts differently and leaves a seam.
+    step = max(divisor, round_down(core - ramp, divisor))
     count = -(-(length - core) // step) + 1
     # balance: the smallest tile that still needs only ``count`` tiles (less padding and overlap work)
     balanced = round_up(-(-(length - ramp) // count) + ramp + 2 * halo, divisor)
     if balanced < tile:
         tile, core = balanced, balanced - 2 * halo
-        step = core - ramp
+        step = max(divisor, round_down(core - ramp, divisor))
         count = -(-(length - core) // step) + 1
-    starts = [min(k * step, length - core) for k in range(count)]
+    ramp = max(1, min(ramp, core - step))
+    # the last core may run past the image end (the padding covers it); cores are cropped to the image
+    last = round_up(max(length - core, 0), divisor)
+    starts = [min(k * step, last) for k in range(count)]
     return AxisPlan(tile, core, tuple(starts), tile - halo - (length - starts[-1]), ramp)
 
 
