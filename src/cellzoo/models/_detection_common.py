@@ -399,35 +399,27 @@ class CascadeRoIHeads(nn.Module):
                      paste_masks: bool = True) -> list[dict[str, torch.Tensor]]:
         rois = proposals
         stage_probs = []
-        boxes = rois
-        per_class_boxes = None
+        n_fg = self.num_classes - 1
         last = len(self.stage_ious) - 1
         for stage in range(len(self.stage_ious)):
             class_logits, box_regression = self._box_features(stage, features, rois, image_sizes, semantic_embedding)
             stage_probs.append(F.softmax(class_logits, -1))
             counts = [r.shape[0] for r in rois]
-            coder = self.box_coders[stage]
             if stage == last and not self.class_agnostic_boxes:
                 # the last stage's box of every foreground class, one candidate per class below
-                n_fg = self.num_classes - 1
                 deltas = box_regression.reshape(-1, self.num_classes, 4)[:, 1:].reshape(-1, n_fg * 4)
-                decoded = coder.decode(deltas, rois).reshape(-1, n_fg, 4).split(counts)
-                per_class_boxes = [clip_boxes_to_image(d.reshape(-1, 4), size).reshape(-1, n_fg, 4)
-                                   for d, size in zip(decoded, image_sizes)]
-            deltas = deltas_for(box_regression, foreground_argmax(class_logits))
-            decoded = coder.decode(deltas, rois).reshape(-1, 4).split(counts)
-            boxes = [clip_boxes_to_image(d, size) for d, size in zip(decoded, image_sizes)]
-            rois = boxes
-        probs = torch.stack(stage_probs).mean(0).split([b.shape[0] for b in boxes])
+            else:  # one box per RoI: class-agnostic, or the most likely foreground class's box
+                deltas = deltas_for(box_regression, foreground_argmax(class_logits))
+            per_roi = deltas.shape[1] // 4
+            decoded = self.box_coders[stage].decode(deltas, rois).reshape(-1, 4).split([c * per_roi for c in counts])
+            rois = [clip_boxes_to_image(d, size) for d, size in zip(decoded, image_sizes)]
+        probs = torch.stack(stage_probs).mean(0).split(counts)
         results = []
-        for index, (img_boxes, img_probs, size) in enumerate(zip(boxes, probs, image_sizes)):
-            n_fg = self.num_classes - 1
-            if per_class_boxes is not None:
-                cand_boxes = per_class_boxes[index].reshape(-1, 4)
-            else:
-                cand_boxes = img_boxes[:, None, :].expand(-1, n_fg, 4).reshape(-1, 4)
+        for img_boxes, img_probs in zip(rois, probs):
+            # per RoI 1 or n_fg boxes; a single box stands for every class
+            cand_boxes = img_boxes.reshape(img_probs.shape[0], per_roi, 4).expand(-1, n_fg, 4).reshape(-1, 4)
             cand_scores = img_probs[:, 1:].reshape(-1)
-            cand_labels = torch.arange(1, self.num_classes, device=img_boxes.device).repeat(img_boxes.shape[0])
+            cand_labels = torch.arange(1, self.num_classes, device=img_boxes.device).repeat(img_probs.shape[0])
             keep = torch.where(cand_scores > self.score_thresh)[0]
             cand_boxes, cand_scores, cand_labels = cand_boxes[keep], cand_scores[keep], cand_labels[keep]
             keep = remove_small_boxes(cand_boxes, 1.0)

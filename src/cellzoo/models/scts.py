@@ -105,7 +105,6 @@ class SCTS(TwoStageDetector):
         backbone = SwinFPN(self.config)
         return backbone, backbone.out_channels
 
-
     def targets(self, labels: np.ndarray, classes: np.ndarray | None) -> dict[str, np.ndarray]:
         """Detection targets plus ``semantic`` (H×W uint8: 0 background, 1 cell, 2 boundary = the inner
         boundary pixels of each instance, so that touching cells are separated)."""
