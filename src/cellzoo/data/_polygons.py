@@ -1,4 +1,5 @@
-"""Shared geometry for the polygon formats (XML, COCO, GeoJSON): label map ↔ polygons, per-instance classes.
+"""Shared parts of the polygon formats (XML, COCO, GeoJSON): label map ↔ polygons, per-instance classes,
+and the JSON loading with clear errors that the COCO and GeoJSON readers have in common.
 
 Coordinates: polygons are (x, y) in *pixel-corner* coordinates, i.e. pixel (row r, col c) covers
 [c, c+1] × [r, r+1] and its centre is (c + 0.5, r + 0.5) — the convention of COCO and QuPath.
