@@ -35,6 +35,51 @@ def test_embedded_default_tiles_without_seams(monuseg_image):
     assert aji(single.labels, tiled.labels) >= 0.99
 
 
+def test_core_window_upsampling_equals_full_resolution_maps(monuseg_image):
+    # the half-resolution default returns maps at 1/2 to the engine, which upsamples only the tile core:
+    # the values must be those of upsampling the whole tile (the model's full-resolution output), also
+    # through the dihedral TTA ops, and also for windows touching the tile border
+    from cellzoo.infer.engine import _activate, predict_maps
+    from cellzoo.zoo import load_model
+
+    loaded = load_model("cellzoo-he")
+    model = (loaded[0] if isinstance(loaded, tuple) else loaded).eval()
+    assert model.output_stride == 2
+    batch = model.preprocess(monuseg_image[:256, :192].astype(np.float32))[None]
+    with torch.no_grad():
+        full = {False: _activate(model, model(batch)), True: predict_maps(model, batch, tta=True)}
+        # the whole-tile TTA maps above went through the same windowed path with the full window: check
+        # that window against an independent full-resolution TTA average as well
+        views = []
+        for op in DIHEDRAL_OPS:
+            maps = {k: op.invert(v) for k, v in _activate(model, model(op.apply(batch))).items()}
+            views.append(model.tta_transform_maps(maps, op))
+        for name in full[True]:
+            torch.testing.assert_close(full[True][name], sum(v[name] for v in views) / 8, atol=1e-5, rtol=1e-5)
+        for tta in (False, True):
+            for window in [(64, 64, 128, 64), (0, 0, 256, 192), (0, 96, 32, 96), (224, 0, 32, 192)]:
+                top, left, height, width = window
+                part = predict_maps(model, batch, tta=tta, window=window)
+                for name, value in part.items():
+                    expected = full[tta][name][:, :, top:top + height, left:left + width]
+                    assert value.shape == expected.shape
+                    torch.testing.assert_close(value, expected, atol=1e-5, rtol=1e-5)
+        with pytest.raises(ValueError, match="output grid"):
+            predict_maps(model, batch, window=(1, 0, 32, 32))
+
+
+def test_auto_tile_keeps_a_1000px_image_in_one_pass():
+    # a MoNuSeg-sized image must not be cut into tiles by rounding (it was: 4 tiles of 672 px)
+    from cellzoo.infer.engine import auto_tile_size
+    from cellzoo.infer.tiling import plan_tiles
+    from cellzoo.zoo import load_model
+
+    loaded = load_model("cellzoo-he")
+    model = loaded[0] if isinstance(loaded, tuple) else loaded
+    tile = auto_tile_size(model, torch.device("cpu"), 4, (1000, 1000))
+    assert len(plan_tiles(1000, 1000, tile, model.halo, model.size_divisor, model.min_tile)) == 1
+
+
 def test_meta_reports_device_time_and_tiles(small_repsnet, dsb_gray):
     events = []
     result = run_to_end(segment_iter(small_repsnet, dsb_gray, device="cpu", tile=128, batch_size=2), events.append)

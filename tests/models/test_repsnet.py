@@ -52,7 +52,8 @@ def _randomise_bn(model: nn.Module, generator: torch.Generator) -> None:
 
 
 @pytest.mark.parametrize("variant, filters, num_classes, input_stride",
-                         [("S", TINY, 5, 1), ("L", (8, 16, 24, 32, 48), 7, 1), ("S", TINY, 5, 2)])
+                         [("S", TINY, 5, 1), ("L", (8, 16, 24, 32, 48), 7, 1), ("S", TINY, 5, 2),
+                          ("S", TINY, 5, 4)])
 def test_reparameterized_outputs_equal_unfused(variant, filters, num_classes, input_stride):
     g = torch.Generator().manual_seed(3)
     model = build_model("repsnet", {"variant": variant, "filters": filters, "num_classes": num_classes,
@@ -225,6 +226,23 @@ def test_boundary_votes_hand_case():
             for vy, vx in [(y, x + 1), (y, x - 1), (y + 1, x), (y - 1, x)]:
                 expect[min(max(vy, 0), 4), min(max(vx, 0), 6)] += 1
     np.testing.assert_array_equal(votes, expect)
+
+
+def test_fast_erosion_and_channel_argmax_equal_the_library_versions():
+    from scipy import ndimage
+
+    from cellzoo.models.repsnet import _argmax_channels, _erode3x3
+
+    rng = np.random.default_rng(5)
+    for shape in [(1, 1), (1, 7), (6, 1), (40, 53)]:
+        mask = rng.random(shape) < 0.8
+        expected = ndimage.binary_erosion(mask, np.ones((3, 3), bool), border_value=1)
+        np.testing.assert_array_equal(_erode3x3(mask), expected)
+    # probabilities with exact ties (quantised): argmax keeps the first of equal channels, so must this
+    prob = np.round(rng.random((5, 30, 40)), 1).astype(np.float32)
+    at = np.flatnonzero(rng.random(30 * 40) < 0.5)
+    expected = prob[1:].reshape(4, -1)[:, at].argmax(0) + 1
+    np.testing.assert_array_equal(_argmax_channels(prob, at, first=1), expected)
 
 
 def test_postprocess_rejects_bad_maps():

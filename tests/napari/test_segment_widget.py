@@ -100,7 +100,7 @@ def test_cancel_during_segmentation_leaves_no_layers(make_napari_viewer, qtbot, 
     viewer = make_napari_viewer()
     big = io.imread(shared_data / "monuseg2018" / "images" / "test" /
                     sorted(p.name for p in (shared_data / "monuseg2018" / "images" / "test").iterdir())[0])
-    viewer.add_image(big, name="slide")
+    viewer.add_image(np.tile(big, (2, 2, 1)), name="slide")  # 2000² in 128-px tiles: hundreds of tiles
     widget = make_widget(viewer)
     widget.tile_spin.setValue(128)  # many tiles, so there is time to cancel between them
     ticks = []
@@ -108,11 +108,11 @@ def test_cancel_during_segmentation_leaves_no_layers(make_napari_viewer, qtbot, 
     timer.timeout.connect(lambda: ticks.append(widget._job is not None and widget._job.running))
     timer.start(20)
     widget.run_button.click()
-    qtbot.waitUntil(lambda: "tiles:" in widget.status_label.text(), timeout=120_000)
+    # the Qt event loop keeps running while the model works (the UI stays responsive): the timer ticks
+    qtbot.waitUntil(lambda: "tiles:" in widget.status_label.text() and sum(ticks) >= 3, timeout=120_000)
     widget.cancel_button.click()
     qtbot.waitUntil(lambda: widget._job is not None and not widget._job.running, timeout=120_000)
     timer.stop()
-    assert sum(ticks) >= 3  # the Qt event loop kept running while the model worked: the UI stays responsive
     assert widget._job.state == "cancelled"
     assert [layer.name for layer in viewer.layers] == ["slide"]
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()

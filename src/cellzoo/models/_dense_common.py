@@ -183,19 +183,22 @@ def attach_to_nearest(labels: np.ndarray, pixels: np.ndarray, radius: float) -> 
     (Euclidean), in place; between equally near instances the larger one wins, so the result does not
     depend on the image's orientation. Only candidate pixels are visited, ring by ring of equal
     distance, which is much cheaper than a full-image distance transform with indices."""
-    ys, xs = np.nonzero(pixels)
-    if ys.size == 0:
+    if not labels.flags.c_contiguous:
+        raise ValueError("attach_to_nearest works in place on a C-contiguous label map")
+    at = np.flatnonzero(pixels)  # flat positions: cheaper than (row, col) pairs to find and to write back
+    if at.size == 0:
         return
     r = int(np.floor(radius))
     # a copy padded by the radius: neighbours outside the image read 0 without bounds checks
     source = np.pad(labels, r)
     width = source.shape[1]
-    area = np.bincount(labels.ravel()).astype(np.int64)
-    area[0] = 0
-    centres = (ys + r) * width + (xs + r)
     flat_source = source.ravel()
-    found = np.zeros(ys.size, labels.dtype)
-    todo = np.arange(ys.size)
+    area = np.bincount(flat_source).astype(np.int64)
+    area[0] = 0
+    ys, xs = np.divmod(at, labels.shape[1])
+    centres = (ys + r) * width + (xs + r)
+    found = np.zeros(at.size, labels.dtype)
+    todo = np.arange(at.size)
     for ring in _offset_rings(radius):
         vals = flat_source[centres[todo, None] + (ring[:, 0] * width + ring[:, 1])]
         pick = area[vals].argmax(1)
@@ -204,4 +207,5 @@ def attach_to_nearest(labels: np.ndarray, pixels: np.ndarray, radius: float) -> 
         todo = todo[hit == 0]
         if todo.size == 0:
             break
-    labels[ys, xs] = np.where(found > 0, found, labels[ys, xs])
+    flat_labels = labels.reshape(-1)  # a view: labels is C-contiguous (checked above)
+    flat_labels[at] = np.where(found > 0, found, flat_labels[at])

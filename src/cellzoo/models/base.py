@@ -46,6 +46,13 @@ class CellModel(nn.Module):
         return 64
 
     @property
+    def output_stride(self) -> int:
+        """Dense families: 1, or s > 1 when ``forward(batch, full_resolution=False)`` returns the raw maps at
+        1/s of the input size; the engine then upsamples (bilinear, align_corners=False) only the part of
+        each tile it keeps, which gives the same values as upsampling the whole tile."""
+        return 1
+
+    @property
     def class_names(self) -> list[str]:
         """``class_names[0]`` is background; ``["background", "nucleus"]`` for class-agnostic models."""
         return list(getattr(self.config, "class_names", None) or ["background", "nucleus"])
