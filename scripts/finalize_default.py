@@ -38,6 +38,10 @@ REGISTRY = REPO / "src" / "cellzoo" / "zoo" / "registry.json"
 RESULTS = REPO / "benchmarks" / "results" / "default_models.md"
 
 GRID = {"boundary_threshold": [3, 4, 5, 6, 7, 8], "foreground_threshold": [0.3, 0.4, 0.5, 0.6], "min_size": [8, 16]}
+#: median object areas (px) tried as the model's ``object_area`` for scale "auto" (fluorescence: DSB 2018 mixes
+#: magnifications, nucleus areas in its train split range from ~50 to ~2000 px)
+OBJECT_AREAS = [90, 120, 150, 180, 250]
+SCALE_RANGE = (0.5, 2.0)
 
 
 def tune(model, val) -> tuple[dict, float]:
@@ -54,6 +58,34 @@ def tune(model, val) -> tuple[dict, float]:
         if np.mean(scores) > best_score:
             best, best_score = params, float(np.mean(scores))
     return best, best_score
+
+
+def _objective(gt, pred) -> float:
+    return 0.5 * (aji(gt, pred) + panoptic_quality(gt, pred)["pq"])
+
+
+def tune_scale(model, val) -> tuple[float | None, float, float]:
+    """Choose the ``object_area`` for scale "auto" on validation images: (area or None when no area beats
+    segmenting at scale 1, its score, the score at scale 1); same objective as the thresholds."""
+    from cellzoo.infer.engine import AUTO_SCALE_MIN_OBJECTS
+
+    first = [segment(model, s.image, amp=False, scale=1.0) for s in val]
+    base = float(np.mean([_objective(s.labels, r.labels) for s, r in zip(val, first)]))
+    best_area, best_score = None, base
+    for area in OBJECT_AREAS:
+        scores = []
+        for sample, result in zip(val, first):
+            areas = np.bincount(result.labels.ravel())[1:]
+            areas = areas[areas > 0]
+            factor = float(np.clip(np.sqrt(area / np.median(areas)), *SCALE_RANGE)) \
+                if areas.size >= AUTO_SCALE_MIN_OBJECTS else 1.0
+            pred = result.labels if abs(factor - 1) < 0.15 else segment(model, sample.image, amp=False,
+                                                                        scale=factor).labels
+            scores.append(_objective(sample.labels, pred))
+        print(f"object_area {area}: {np.mean(scores):.4f} (scale 1: {base:.4f})", flush=True)
+        if np.mean(scores) > best_score:
+            best_area, best_score = area, float(np.mean(scores))
+    return best_area, best_score, base
 
 
 def score(model, dataset, amp, class_names=None) -> tuple[dict, float]:
@@ -89,6 +121,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--checkpoint", default="best.safetensors",
                         help="which file of the run to finish (best by validation PQ, or last)")
+    parser.add_argument("--tune-scale", action=argparse.BooleanOptionalAction, default=None,
+                        help="choose an object area for scale 'auto' on the whole validation split "
+                             "(default: for fluo, whose test images mix magnifications)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     run = Path(args.run)
@@ -109,6 +144,19 @@ def main(argv=None) -> int:
     for key, value in params.items():
         setattr(model.config, key, value)
     print(f"tuned on {len(val)} validation images: {params} (mean of AJI and PQ {val_score:.3f})", flush=True)
+    scale_meta = {}
+    if args.tune_scale if args.tune_scale is not None else args.which == "fluo":
+        # the per-epoch validation subset is small; the scale is chosen on the whole held-out split
+        dataset = load_shared_dataset("dsb2018" if args.which == "fluo" else "consep", "train")
+        whole_val = train_defaults.materialise(dataset.split(0.1, seed=args.seed)[1])
+        area, with_scale, at_one = tune_scale(model, whole_val)
+        scale_meta = {"scale_tuning": {"validation_images": len(whole_val), "objective_at_scale_1": round(at_one, 4),
+                                       "objective_auto": round(with_scale, 4), "object_areas_tried": OBJECT_AREAS}}
+        if area is not None:
+            scale_meta.update(object_area=area, scale_range=list(SCALE_RANGE), default_scale="auto")
+            model.metadata = {**(getattr(model, "metadata", None) or {}), **scale_meta}
+        print(f"scale: object_area {area} on {len(whole_val)} validation images ({at_one:.4f} -> {with_scale:.4f})",
+              flush=True)
 
     tests = {"he": [("MoNuSeg 2018 test", "monuseg2018", "test", None),
                     ("CoNSeP test (stitched tiles)", "consep_stitched", "test", model.class_names)],
@@ -135,7 +183,12 @@ def main(argv=None) -> int:
         # a continued run: keep the earlier training's record next to this one
         from cellzoo.zoo.weights import read_metadata
 
-        earlier = {k: v for k, v in read_metadata(summary["init"]).get("training", {}).items()
+        earlier = read_metadata(summary["init"]).get("training", {})
+        # finishing the same run twice: the init file may be this run's own earlier output (an embedded model
+        # continued in place), whose record already describes this run; step back to what came before it
+        while earlier.get("minutes") == training["minutes"] and "continued_from" in earlier:
+            earlier = earlier["continued_from"]
+        earlier = {k: v for k, v in earlier.items()
                    if k in ("data", "epochs", "steps", "minutes", "total_minutes", "lr", "device", "note",
                             "continued_from")}
         training["continued_from"] = earlier
@@ -146,7 +199,8 @@ def main(argv=None) -> int:
     entry = next(e for e in entries if e["name"] == args.name)
     out_meta = {k: entry[k] for k in ("class_colors", "normalization", "pixel_size_um", "licence", "training_data")
                 if k in entry}
-    out_meta.update({"name": args.name, "metrics": metrics, "training": training, "postprocess_tuned_on": "validation"})
+    out_meta.update({"name": args.name, "metrics": metrics, "training": training, "postprocess_tuned_on": "validation",
+                     **scale_meta})
     path = save_weights(model, EMBEDDED_DIR / f"{args.name}.safetensors", out_meta)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
@@ -165,7 +219,7 @@ def main(argv=None) -> int:
     lines = RESULTS.read_text().splitlines() if RESULTS.is_file() else [
         "# Embedded default models: test-split figures (`scripts/finalize_default.py`)", ""]
     lines += [f"## {args.name}", "", f"Training: {json.dumps(training)}", f"Post-processing (tuned on validation): "
-              f"{json.dumps(params)}", "", "| test set | AJI | Dice | PQ | DSB AP@0.5 | mPQ+ | COCO AP | s/image |",
+              f"{json.dumps(params)}", *([f"Scale: {json.dumps(scale_meta)}"] if scale_meta else []), "", "| test set | AJI | Dice | PQ | DSB AP@0.5 | mPQ+ | COCO AP | s/image |",
               "|---|---|---|---|---|---|---|---|"]
     for key, v in metrics.items():
         lines.append(f"| {key} | {v.get('aji', float('nan')):.3f} | {v.get('dice', float('nan')):.3f} | "

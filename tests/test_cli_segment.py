@@ -73,6 +73,19 @@ def test_sample_and_folder_inputs(tmp_path, model_file, shared_data, capsys, mon
     assert len(list(folder.glob("*_instances.tif"))) == 2
 
 
+def test_scale_option_resizes_and_keeps_the_image_size(tmp_path, model_file, shared_data, capsys):
+    image = sorted((shared_data / "dsb2018" / "test" / "images").glob("*.tif"))[0]
+    assert main(["segment", str(image), "--model", str(model_file), "--out", str(tmp_path), "--scale", "2",
+                 "--device", "cpu"]) == 0
+    assert "scale 2.00" in capsys.readouterr().out
+    labels = tifffile.imread(tmp_path / f"{image.stem}_instances.tif")
+    assert labels.shape == tifffile.imread(image).shape[:2] and labels.max() > 0
+    assert main(["segment", str(image), "--model", str(model_file), "--scale", "twice"]) == 2
+    assert "scale must be a positive number or 'auto'" in capsys.readouterr().err
+    assert main(["segment", str(image), "--model", str(model_file), "--scale", "auto"]) == 2
+    assert "object_area" in capsys.readouterr().err  # this model declares no object size
+
+
 def test_user_errors_are_reported_without_traceback(tmp_path, model_file, capsys):
     assert main(["segment", str(tmp_path / "missing.tif"), "--model", str(model_file)]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -80,6 +80,54 @@ def test_auto_tile_keeps_a_1000px_image_in_one_pass():
     assert len(plan_tiles(1000, 1000, tile, model.halo, model.size_divisor, model.min_tile)) == 1
 
 
+def test_scale_segments_the_resized_image_and_returns_labels_at_its_size(small_repsnet, dsb_gray):
+    one = segment(small_repsnet, dsb_gray, device="cpu", amp=False)
+    double = segment(small_repsnet, dsb_gray, device="cpu", amp=False, scale=2.0)
+    assert one.meta["scale"] == 1.0 and double.meta["scale"] == 2.0
+    assert double.meta["scaled_shape"] == [2 * s for s in dsb_gray.shape]
+    assert double.labels.shape == dsb_gray.shape and double.labels.dtype == np.int32
+    assert set(double.scores) == set(np.unique(double.labels).tolist()) - {0}
+    # exactly: the engine on the image resized by 2 (what a user could do by hand), labels brought back by
+    # nearest neighbour
+    from skimage.transform import resize
+
+    prepared = prepare_image(dsb_gray)
+    by_hand = resize(prepared, (2 * dsb_gray.shape[0], 2 * dsb_gray.shape[1]) + prepared.shape[2:], order=1,
+                     preserve_range=True, anti_aliasing=False).astype(np.float32)
+    direct = segment(small_repsnet, by_hand, device="cpu", amp=False, normalize="none")
+    expected = resize(direct.labels, dsb_gray.shape, order=0, preserve_range=True, anti_aliasing=False)
+    assert double.count > 10
+    np.testing.assert_array_equal(double.labels, expected)
+    with pytest.raises(ValueError, match="positive number or 'auto'"):
+        segment(small_repsnet, dsb_gray, scale="large")
+    with pytest.raises(ValueError, match="between 0.05 and 20"):
+        segment(small_repsnet, dsb_gray, scale=0)
+    with pytest.raises(ValueError, match="object_area"):
+        segment(small_repsnet, dsb_gray, scale="auto")
+
+
+def test_auto_scale_shrinks_an_image_of_large_nuclei(shared_data):
+    # cellzoo-fluo declares the nucleus area it segments best (tuned on validation) and defaults to "auto";
+    # on a DSB test image of large nuclei that it over-splits at scale 1, the second pass runs smaller
+    import tifffile
+
+    from cellzoo.zoo import load_model
+
+    loaded = load_model("cellzoo-fluo")
+    model = loaded[0] if isinstance(loaded, tuple) else loaded
+    assert model.metadata["default_scale"] == "auto" and model.metadata["object_area"] > 0
+    folder = shared_data / "dsb2018" / "test"
+    path = next(p for p in sorted((folder / "images").glob("*.tif")) if p.name.startswith("9520aff4ef"))
+    image, truth = tifffile.imread(path), tifffile.imread(folder / "masks" / path.name)
+    at_one = segment(model, image, device="cpu", amp=False, scale=1.0)
+    auto = segment(model, image, device="cpu", amp=False)
+    assert auto.meta["scale_mode"] == "auto" and 0.5 <= auto.meta["scale"] < 0.85
+    assert auto.labels.shape == image.shape[:2]
+    assert auto.meta["seconds"] > auto.meta["first_pass_seconds"]
+    assert abs(auto.count - truth.max()) < abs(at_one.count - truth.max())  # fewer split nuclei
+    assert aji(truth, auto.labels) > aji(truth, at_one.labels)
+
+
 def test_meta_reports_device_time_and_tiles(small_repsnet, dsb_gray):
     events = []
     result = run_to_end(segment_iter(small_repsnet, dsb_gray, device="cpu", tile=128, batch_size=2), events.append)

@@ -73,6 +73,7 @@ def test_threaded_run_outputs_both_layers(make_napari_viewer, qtbot, tiny_model,
         assert layer.data.shape == patch.shape[:2]
     # same result as calling the engine directly with the same settings
     expected = segment(tiny_model, patch, device="cpu", params=params)
+    assert "scale" not in widget.status_label.text()  # scale 1: nothing to report
     assert expected.count > 0
     np.testing.assert_array_equal(inst.data, expected.labels)
     # features: one row per instance, the documented columns, values from the label map itself
@@ -137,6 +138,14 @@ def test_invalid_fields_block_run(make_napari_viewer, tiny_model, monkeypatch):
     assert not widget.run_button.isEnabled() and "between 0 and 1" in field.toolTip()
     widget.restore_button.click()
     assert field.text() == "0.5" and widget.run_button.isEnabled() and not field.styleSheet()
+    widget.scale_combo.setCurrentText("twice")
+    assert not widget.run_button.isEnabled() and "not a number" in widget.scale_combo.toolTip()
+    widget.scale_combo.setCurrentText("50")
+    assert not widget.run_button.isEnabled() and "out of range" in widget.scale_combo.toolTip()
+    widget.scale_combo.setCurrentText("1.5")
+    assert widget.run_button.isEnabled() and widget.settings()["scale"] == "1.5"
+    widget.scale_combo.setCurrentText("model default")
+    assert widget.settings()["scale"] is None
     if not torch.cuda.is_available():
         widget.device_combo.setCurrentText("cuda")
         assert not widget.run_button.isEnabled() and "CUDA" in widget.device_combo.toolTip()

@@ -31,6 +31,11 @@ def add_arguments(parser):
     parser.add_argument("--tile", type=int, default=None, help="tile edge in pixels incl. halo (default: by memory)")
     parser.add_argument("--batch-size", type=int, default=4, help="tiles per batch (default: 4)")
     parser.add_argument("--tta", action="store_true", help="8-fold flip/rotation test-time augmentation")
+    parser.add_argument("--scale", default=None, metavar="FACTOR|auto",
+                        help="resize images by FACTOR before segmenting (>1 for nuclei smaller than the model's "
+                             "training data; outputs keep the image size), or 'auto': measure the nucleus size in "
+                             "a first pass (models that declare their best object size, e.g. cellzoo-fluo). "
+                             "Default: the model's own (auto for cellzoo-fluo, 1 otherwise)")
     parser.add_argument("--no-amp", action="store_true", help="full fp32 (default: bf16/fp16 where supported)")
     parser.add_argument("--channel", type=int, default=None, help="use only this channel of multichannel images")
     parser.add_argument("--normalize", default="auto", choices=("auto", "percentile", "none"),
@@ -90,7 +95,7 @@ def _write_stack(path: Path, array: np.ndarray) -> None:
 
 def run(args) -> int:
     from ..data.io import read_image, write_class_map, write_labels
-    from ..infer.engine import resolve_model, segment_iter, segment_stack_iter
+    from ..infer.engine import resolve_model, resolve_scale, segment_iter, segment_stack_iter
     from ..types import run_to_end
 
     inputs = list(args.inputs)
@@ -106,11 +111,13 @@ def run(args) -> int:
     model_name = model_name or _default_model()
     params = _parse_params(args.param)
     model = resolve_model(model_name)
+    resolve_scale(model, args.scale)  # a bad --scale fails before any image is read
     typed = model.num_classes > 2
     if args.sample and args.out is None:
         args.out = "."  # never write into the installed package
     options = dict(tile=args.tile, batch_size=args.batch_size, device=args.device, tta=args.tta,
-                   amp=not args.no_amp, params=params, channel=args.channel, normalize=args.normalize)
+                   amp=not args.no_amp, params=params, channel=args.channel, normalize=args.normalize,
+                   scale=args.scale)
     print(f"model {model_name} ({model.family}, {len(paths)} image(s))", file=sys.stderr)
     for path in paths:
         image = read_image(path)
@@ -141,6 +148,8 @@ def run(args) -> int:
                 write_geojson(out_dir / f"{stem}.geojson", result.labels,
                               result.class_map() if typed else None, result.class_names)
             count, seconds, device = result.count, result.meta["seconds"], result.meta["device"]
+            if result.meta.get("scale", 1.0) != 1.0:
+                device += f", scale {result.meta['scale']:.2f}"
         print(f"{path.name}: {count} objects, {seconds:.2f} s, {device}")
     return 0
 
@@ -157,7 +166,9 @@ def _progress_printer(name: str):
         nonlocal bar
         if getattr(event, "stage", None) != "tiles":
             return
-        if bar is None:
+        if bar is None or event.done == 0:  # a new pass (scale "auto" runs two)
+            if bar is not None:
+                bar.close()
             bar = tqdm(total=event.total, desc=name, unit="tile", leave=False)
         bar.n = event.done
         bar.refresh()

@@ -23,6 +23,9 @@ from ._layers import class_colors_for, legend_widget, show_segmentation
 from ._worker import mark_field, start_job
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+#: shown text -> value passed to the engine's ``scale`` (None: the model's own default)
+SCALES = {"model default": None, "auto (measure nucleus size)": "auto", "0.5": "0.5", "1": "1", "2": "2"}
+
 NORMALIZATIONS = {
     "auto": "auto (8-bit as is, 16-bit / float stretched)",
     "percentile": "percentile stretch (1–99.8 %)",
@@ -117,6 +120,14 @@ class SegmentWidget(QWidget):
         self.tile_spin.setSuffix(" px")
         self.tile_spin.setToolTip("Tile edge including the overlap; auto picks it from free memory.")
         self.tta_check = QCheckBox("test-time augmentation (8 flips/rotations, slower)")
+        self.scale_combo = QComboBox()
+        self.scale_combo.setEditable(True)
+        for text, value in SCALES.items():
+            self.scale_combo.addItem(text, value)
+        self.scale_combo.setToolTip("Resize the image by this factor before segmenting (above 1 when the nuclei "
+                                    "look smaller than in the model's training images); the layers keep the "
+                                    "image's size. auto measures the nucleus size in a first pass (models that "
+                                    "declare their best size, e.g. cellzoo-fluo). Type any factor.")
         self.channel_combo = QComboBox()
         self.channel_combo.setToolTip("Which channel to segment; for fluorescence pick the nuclear stain.")
         self.normalize_combo = QComboBox()
@@ -141,6 +152,7 @@ class SegmentWidget(QWidget):
         form.addRow("device", self.device_combo)
         form.addRow("tile size", self.tile_spin)
         form.addRow("", self.tta_check)
+        form.addRow("scale", self.scale_combo)
         form.addRow("channel", self.channel_combo)
         form.addRow("normalise", self.normalize_combo)
         form.addRow("planes", self.scope_combo)
@@ -185,6 +197,7 @@ class SegmentWidget(QWidget):
         self.viewer.layers.events.reordered.connect(self._refresh_images)
         self.image_combo.currentIndexChanged.connect(self._on_image_changed)
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
+        self.scale_combo.currentTextChanged.connect(self.validate)
         for signal in (self.device_combo.currentIndexChanged, self.tile_spin.valueChanged,
                        self.channel_combo.currentIndexChanged, self.scope_combo.currentIndexChanged):
             signal.connect(self.validate)
@@ -352,6 +365,16 @@ class SegmentWidget(QWidget):
         if tile and tile < 64:
             reason = f"A tile of {tile} px is too small; use at least 64 px or auto."
         valid &= mark_field(self.tile_spin, reason)
+        reason = None
+        scale = self.scale_value()
+        if scale not in (None, "auto"):
+            try:
+                value = float(scale)
+                if not 0.05 <= value <= 20:
+                    reason = f"A scale of {value:g} is out of range; use a factor between 0.05 and 20, or auto."
+            except ValueError:
+                reason = f"Scale {scale!r} is not a number; type a factor such as 0.5 or 2, or pick auto."
+        valid &= mark_field(self.scale_combo, reason)
 
         defaults = self._default_params(name) if name else {}
         for key, field in self._param_fields.items():
@@ -377,9 +400,16 @@ class SegmentWidget(QWidget):
         shape = layer.data.shape[:lead]
         return tuple(int(min(max(round(float(p)), 0), s - 1)) for p, s in zip(point[:lead], shape))
 
+    def scale_value(self) -> str | None:
+        """None (the model's default), "auto", or the factor as typed."""
+        text = self.scale_combo.currentText().strip()
+        index = self.scale_combo.findText(text)
+        return self.scale_combo.itemData(index) if index >= 0 else text
+
     def settings(self) -> dict[str, Any]:
         return {"model": self.model_combo.currentData(), "device": self.device_combo.currentText(),
                 "tile": self.tile_spin.value() or None, "tta": self.tta_check.isChecked(),
+                "scale": self.scale_value(),
                 "channel": self.channel_combo.currentData(), "normalize": self.normalize_combo.currentData(),
                 "params": self.params(), "scope": self.scope_combo.currentData()}
 
@@ -427,7 +457,7 @@ class SegmentWidget(QWidget):
         model = self._models[name]
         kwargs = dict(tile=settings["tile"], device=settings["device"], tta=settings["tta"],
                       params=settings["params"], channel=settings["channel"], normalize=settings["normalize"],
-                      cancel=cancel)
+                      scale=settings["scale"], cancel=cancel)
         try:
             if request["whole_stack"]:
                 results = yield from segment_stack_iter(model, pixels, **kwargs)
@@ -507,8 +537,10 @@ class SegmentWidget(QWidget):
                                        meta={"device": meta.get("device"), "settings": settings})
         count = int(sum(r.count for r in results))
         seconds = sum(float(r.meta.get("seconds", 0.0)) for r in results)
+        scales = sorted({float(r.meta.get("scale", 1.0)) for r in results})
         self.status_label.setText(f"{count} instances in {seconds:.1f} s with {settings['model']}"
-                                  + (f" · {len(results)} planes" if len(results) > 1 else ""))
+                                  + (f" · {len(results)} planes" if len(results) > 1 else "")
+                                  + (f" · scale {', '.join(f'{v:.2f}' for v in scales)}" if scales != [1.0] else ""))
         self.device_label.setText(f"device used: {meta.get('device', '?')}")
         self._show_legend(class_names, class_colors)
         self.last_result = {"instances_layer": inst.name, "count": count, "device": meta.get("device"),

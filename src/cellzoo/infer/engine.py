@@ -186,24 +186,117 @@ def _upsample_window(raw: dict[str, torch.Tensor], stride: int, window: tuple[in
 def segment_iter(model: CellModel | str, image, *, tile: int | None = None, batch_size: int = 4,
                  device: str | torch.device = "auto", tta: bool = False, amp: bool | str = True,
                  params: dict[str, Any] | None = None, channel: int | None = None, normalize: str = "auto",
-                 cancel=None, channels_last: bool | None = None,
-                 keep_maps: bool = False) -> Generator[Any, None, Instances]:
+                 cancel=None, channels_last: bool | None = None, keep_maps: bool = False,
+                 scale: float | str | None = None) -> Generator[Any, None, Instances]:
     """Segment one 2-D image; yields ``Progress("tiles", done, total)`` and returns :class:`Instances`.
 
     ``tile``: tile edge in pixels including the halo (``None``: chosen from free memory); images
     smaller than a tile run in one pass. ``amp``: bf16 autocast on CPUs with native bf16, bf16/fp16 on
     CUDA; a model with ``cpu_bf16_ok = False`` stays fp32 on CPU unless ``amp="bf16"``. ``meta`` of the
-    result holds device, seconds (total, network, post-processing), tiles, amp; with ``keep_maps``
-    (dense models) also ``maps``, the stitched activated maps (C×H×W float32 each).
+    result holds device, seconds (total, network, post-processing), tiles, amp, scale; with ``keep_maps``
+    (dense models) also ``maps``, the stitched activated maps (C×H×W float32 each, at the scale used).
+
+    ``scale``: segment the image resized by this factor (> 1 when the objects are smaller than those the
+    model was trained on) and return labels at the image's own size. ``"auto"``: a first pass at scale 1
+    measures the median object area and, for a model that declares the area it segments best
+    (``metadata["object_area"]``), a second pass runs at sqrt(object_area / median area), clipped to the
+    model's ``scale_range``, unless that is within 15 % of 1. ``None``: the model's own default
+    (``metadata["default_scale"]``, else 1).
     """
-    started = time.perf_counter()
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     if tile is not None and tile < 1:
         raise ValueError(f"tile must be a positive number of pixels; got {tile}")
+    started = time.perf_counter()
     model = resolve_model(model)
-    torch_device, device_name = select_device(device)
+    scale = resolve_scale(model, scale)
     prepared = prepare_image(image, channel=channel, normalize=normalize)
+    run = dict(tile=tile, batch_size=batch_size, device=device, tta=tta, amp=amp, params=params, cancel=cancel,
+               channels_last=channels_last, keep_maps=keep_maps)
+    factor = 1.0 if scale == "auto" else scale
+    result = yield from (_segment_scaled(model, prepared, factor, run) if factor != 1.0
+                         else _segment_prepared(model, prepared, **run))
+    if scale == "auto":
+        result.meta["scale_mode"] = "auto"
+        chosen = auto_scale_factor(model, result.labels)
+        if chosen is not None:
+            first_pass = result.meta["seconds"]
+            result = yield from _segment_scaled(model, prepared, chosen, run)
+            result.meta.update(scale_mode="auto", first_pass_seconds=first_pass)
+    result.meta.setdefault("scale", 1.0)
+    result.meta["seconds"] = time.perf_counter() - started  # everything: preparation, resizing, both passes
+    return result
+
+
+#: "auto" scaling needs this many objects in the first pass to trust their median area
+AUTO_SCALE_MIN_OBJECTS = 5
+
+
+def resolve_scale(model: CellModel, scale: float | str | None) -> float | str:
+    """A positive factor or "auto" (checked against what the model declares)."""
+    metadata = getattr(model, "metadata", None) or {}
+    if scale is None:
+        scale = metadata.get("default_scale", 1.0)
+    if isinstance(scale, str):
+        text = scale.strip().lower()
+        if text != "auto":
+            try:
+                scale = float(text)
+            except ValueError:
+                raise ValueError(f"scale must be a positive number or 'auto'; got {scale!r}") from None
+        else:
+            if not metadata.get("object_area"):
+                raise ValueError(f"scale 'auto' needs the model to declare the object size it segments best "
+                                 f"(metadata 'object_area'), and {metadata.get('name') or model.family} does "
+                                 "not; give the factor as a number instead (e.g. 0.5 when the nuclei are "
+                                 "twice as large as in the model's training images)")
+            return "auto"
+    scale = float(scale)
+    if not math.isfinite(scale) or not 0.05 <= scale <= 20:
+        raise ValueError(f"scale must be between 0.05 and 20 (a resize factor for the image); got {scale}")
+    return scale
+
+
+def auto_scale_factor(model: CellModel, labels: np.ndarray) -> float | None:
+    """The resize factor that brings the median object area of ``labels`` to the model's
+    ``object_area``, clipped to its ``scale_range``; None when too few objects or within 15 % of 1."""
+    metadata = getattr(model, "metadata", None) or {}
+    areas = np.bincount(labels.ravel())[1:]
+    areas = areas[areas > 0]
+    if areas.size < AUTO_SCALE_MIN_OBJECTS:
+        return None
+    low, high = metadata.get("scale_range", (0.5, 2.0))
+    factor = float(np.clip(math.sqrt(float(metadata["object_area"]) / float(np.median(areas))), low, high))
+    return None if abs(factor - 1.0) < 0.15 else factor
+
+
+def _segment_scaled(model: CellModel, prepared: np.ndarray, factor: float, run: dict) -> Generator[Any, None, Instances]:
+    """Segment ``prepared`` resized by ``factor`` and bring labels (and classes) back to its size."""
+    from skimage.transform import resize
+
+    height, width = prepared.shape[:2]
+    shape = (max(1, round(height * factor)), max(1, round(width * factor)))
+    resized = resize(prepared, shape + prepared.shape[2:], order=1, preserve_range=True,
+                     anti_aliasing=factor < 1).astype(np.float32)
+    result = yield from _segment_prepared(model, resized, **run)
+    # nearest-neighbour back to the image grid; an object smaller than one output pixel can vanish
+    labels = resize(result.labels, (height, width), order=0, preserve_range=True, anti_aliasing=False)
+    result.labels = np.ascontiguousarray(labels, dtype=np.int32)
+    if result.classes is not None:
+        result.classes = np.ascontiguousarray(resize(result.classes, (height, width), order=0, preserve_range=True,
+                                                     anti_aliasing=False), dtype=result.classes.dtype)
+    present = set(np.unique(result.labels).tolist()) - {0}
+    result.class_of = {k: v for k, v in result.class_of.items() if k in present}
+    result.scores = {k: v for k, v in result.scores.items() if k in present}
+    result.meta.update(scale=factor, scaled_shape=list(shape), shape=[int(height), int(width)])
+    return result
+
+
+def _segment_prepared(model: CellModel, prepared: np.ndarray, *, tile, batch_size, device, tta, amp, params, cancel,
+                      channels_last, keep_maps) -> Generator[Any, None, Instances]:
+    """One pass of the engine over an image already through ``prepare_image``."""
+    started = time.perf_counter()
+    torch_device, device_name = select_device(device)
     params = merge_params(model, params)
     dtype = amp_dtype(torch_device, amp)
     if amp is True and torch_device.type == "cpu" and not getattr(model, "cpu_bf16_ok", True):
