@@ -70,6 +70,31 @@ def fluo_data(seed: int):
     return materialise(train), materialise(val)[:16], "DSB 2018 train (StarDist subset)"
 
 
+def at_object_area(samples: list[Sample], object_area: float, scale_range=(0.5, 2.0)) -> list[Sample]:
+    """Each sample resized so that its median nucleus area is ``object_area`` px (factor clipped to
+    ``scale_range``, skipped within 15 % of 1): the size that scale "auto" brings images to at inference,
+    so that the network learns one nucleus size (plus the augmentation's scale jitter) instead of DSB 2018's
+    mix of magnifications."""
+    from skimage.transform import resize
+
+    out = []
+    for sample in samples:
+        areas = np.bincount(sample.labels.ravel())[1:]
+        areas = areas[areas > 0]
+        factor = float(np.clip(np.sqrt(object_area / np.median(areas)), *scale_range)) if areas.size else 1.0
+        if abs(factor - 1.0) < 0.15:
+            out.append(sample)
+            continue
+        shape = (max(1, round(sample.labels.shape[0] * factor)), max(1, round(sample.labels.shape[1] * factor)))
+        image = resize(sample.image, shape + sample.image.shape[2:], order=1, preserve_range=True,
+                       anti_aliasing=factor < 1).astype(sample.image.dtype)
+        labels = resize(sample.labels, shape, order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
+        classes = None if sample.classes is None else resize(sample.classes, shape, order=0, preserve_range=True,
+                                                              anti_aliasing=False).astype(np.uint8)
+        out.append(Sample(sample.name, image, labels, classes, {**sample.meta, "resized_by": factor}))
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", choices=["he", "fluo"])
@@ -93,6 +118,9 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (AMP is used on CUDA)")
     parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes (GPU runs)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU (faster where supported)")
+    parser.add_argument("--object-area", type=float, default=None,
+                        help="resize every training and validation image so its median nucleus area is this many "
+                             "px (for a model used with scale 'auto', e.g. 150 for fluo)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -109,6 +137,9 @@ def main(argv=None) -> int:
                                         "class_names": ("background", "nucleus"), "boundary_threshold": 5,
                                         "align_corners": False, "input_stride": args.input_stride})
         augment = "fluorescence"
+    if args.object_area:
+        train, val = at_object_area(train, args.object_area), at_object_area(val, args.object_area)
+        data_name += f", each image resized to a median nucleus area of {args.object_area:g} px"
     if args.init:
         from cellzoo.zoo.weights import load_weights
 
