@@ -121,6 +121,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--checkpoint", default="best.safetensors",
                         help="which file of the run to finish (best by validation PQ, or last)")
+    parser.add_argument("--object-area", type=float, default=None,
+                        help="the run was trained with train_defaults.py --object-area A: tune the thresholds on "
+                             "validation images resized the same way (the size scale 'auto' brings images to)")
     parser.add_argument("--tune-scale", action=argparse.BooleanOptionalAction, default=None,
                         help="choose an object area for scale 'auto' on the whole validation split "
                              "(default: for fluo, whose test images mix magnifications)")
@@ -140,6 +143,9 @@ def main(argv=None) -> int:
     history = json.loads((run / "history.json").read_text())
 
     _train, val, data_name = (train_defaults.he_data if args.which == "he" else train_defaults.fluo_data)(args.seed)
+    if args.object_area:
+        val = train_defaults.at_object_area(val, args.object_area)
+        data_name += f", each image resized to a median nucleus area of {args.object_area:g} px"
     params, val_score = tune(model, val)
     for key, value in params.items():
         setattr(model.config, key, value)
@@ -178,7 +184,12 @@ def main(argv=None) -> int:
                 "steps": epochs * int(meta.get("training", {}).get("config", {}).get("steps_per_epoch") or 0),
                 "minutes": round(float(summary.get("minutes", sum(h["seconds"] for h in history) / 60)), 1),
                 "device": _device_text(summary.get("machine") or f"{platform.machine()}, CPU"),
-                "validation_pq": history[best_epoch - 1]["metrics"].get("pq")}
+                "validation_pq": history[best_epoch - 1]["metrics"].get("pq"),
+                "checkpoint": args.checkpoint if args.checkpoint != "best.safetensors" else
+                f"best.safetensors (epoch {best_epoch})"}
+    if args.checkpoint == "last.safetensors":
+        training["checkpoint"] = f"last.safetensors (epoch {epochs}, validation PQ " \
+                                 f"{history[-1]['metrics'].get('pq', float('nan')):.3f})"
     if summary.get("init"):
         # a continued run: keep the earlier training's record next to this one
         from cellzoo.zoo.weights import read_metadata
