@@ -44,6 +44,11 @@ OBJECT_AREAS = [90, 120, 150, 180, 250]
 SCALE_RANGE = (0.5, 2.0)
 
 
+def _objective(gt, pred) -> float:
+    """Mean of AJI and PQ: what the thresholds and the object area are chosen by."""
+    return 0.5 * (aji(gt, pred) + panoptic_quality(gt, pred)["pq"])
+
+
 def tune(model, val) -> tuple[dict, float]:
     """Grid-search the post-processing thresholds on the validation images (maps computed once)."""
     maps = [run_to_end(segment_iter(model, s.image, amp=False, keep_maps=True)).meta["maps"] for s in val]
@@ -54,20 +59,16 @@ def tune(model, val) -> tuple[dict, float]:
         scores = []
         for sample, m in zip(val, maps):
             pred = model.postprocess(m, **params).labels
-            scores.append(0.5 * (aji(sample.labels, pred) + panoptic_quality(sample.labels, pred)["pq"]))
+            scores.append(_objective(sample.labels, pred))
         if np.mean(scores) > best_score:
             best, best_score = params, float(np.mean(scores))
     return best, best_score
 
 
-def _objective(gt, pred) -> float:
-    return 0.5 * (aji(gt, pred) + panoptic_quality(gt, pred)["pq"])
-
-
 def tune_scale(model, val) -> tuple[float | None, float, float]:
     """Choose the ``object_area`` for scale "auto" on validation images: (area or None when no area beats
     segmenting at scale 1, its score, the score at scale 1); same objective as the thresholds."""
-    from cellzoo.infer.engine import AUTO_SCALE_MIN_OBJECTS
+    from cellzoo.infer.engine import scale_for_object_area
 
     first = [segment(model, s.image, amp=False, scale=1.0) for s in val]
     base = float(np.mean([_objective(s.labels, r.labels) for s, r in zip(val, first)]))
@@ -75,12 +76,8 @@ def tune_scale(model, val) -> tuple[float | None, float, float]:
     for area in OBJECT_AREAS:
         scores = []
         for sample, result in zip(val, first):
-            areas = np.bincount(result.labels.ravel())[1:]
-            areas = areas[areas > 0]
-            factor = float(np.clip(np.sqrt(area / np.median(areas)), *SCALE_RANGE)) \
-                if areas.size >= AUTO_SCALE_MIN_OBJECTS else 1.0
-            pred = result.labels if abs(factor - 1) < 0.15 else segment(model, sample.image, amp=False,
-                                                                        scale=factor).labels
+            factor = scale_for_object_area(result.labels, area, SCALE_RANGE)
+            pred = result.labels if factor is None else segment(model, sample.image, amp=False, scale=factor).labels
             scores.append(_objective(sample.labels, pred))
         print(f"object_area {area}: {np.mean(scores):.4f} (scale 1: {base:.4f})", flush=True)
         if np.mean(scores) > best_score:
@@ -185,11 +182,10 @@ def main(argv=None) -> int:
                 "minutes": round(float(summary.get("minutes", sum(h["seconds"] for h in history) / 60)), 1),
                 "device": _device_text(summary.get("machine") or f"{platform.machine()}, CPU"),
                 "validation_pq": history[best_epoch - 1]["metrics"].get("pq"),
-                "checkpoint": args.checkpoint if args.checkpoint != "best.safetensors" else
-                f"best.safetensors (epoch {best_epoch})"}
-    if args.checkpoint == "last.safetensors":
-        training["checkpoint"] = f"last.safetensors (epoch {epochs}, validation PQ " \
-                                 f"{history[-1]['metrics'].get('pq', float('nan')):.3f})"
+                "checkpoint": {"best.safetensors": f"best.safetensors (epoch {best_epoch})",
+                               "last.safetensors": f"last.safetensors (epoch {epochs}, validation PQ "
+                                                   f"{history[-1]['metrics'].get('pq', float('nan')):.3f})"
+                               }.get(args.checkpoint, args.checkpoint)}
     if summary.get("init"):
         # a continued run: keep the earlier training's record next to this one
         from cellzoo.zoo.weights import read_metadata

@@ -77,12 +77,12 @@ def at_object_area(samples: list[Sample], object_area: float, scale_range=(0.5, 
     mix of magnifications."""
     from skimage.transform import resize
 
+    from cellzoo.infer.engine import scale_for_object_area
+
     out = []
     for sample in samples:
-        areas = np.bincount(sample.labels.ravel())[1:]
-        areas = areas[areas > 0]
-        factor = float(np.clip(np.sqrt(object_area / np.median(areas)), *scale_range)) if areas.size else 1.0
-        if abs(factor - 1.0) < 0.15:
+        factor = scale_for_object_area(sample.labels, object_area, scale_range, min_objects=1)
+        if factor is None:
             out.append(sample)
             continue
         shape = (max(1, round(sample.labels.shape[0] * factor)), max(1, round(sample.labels.shape[1] * factor)))

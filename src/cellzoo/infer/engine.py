@@ -258,15 +258,23 @@ def resolve_scale(model: CellModel, scale: float | str | None) -> float | str:
 
 
 def auto_scale_factor(model: CellModel, labels: np.ndarray) -> float | None:
-    """The resize factor that brings the median object area of ``labels`` to the model's
-    ``object_area``, clipped to its ``scale_range``; None when too few objects or within 15 % of 1."""
+    """The model's scale "auto" factor for an image whose first pass gave ``labels`` (see
+    :func:`scale_for_object_area`, with the model's ``object_area`` and ``scale_range``)."""
     metadata = getattr(model, "metadata", None) or {}
+    return scale_for_object_area(labels, float(metadata["object_area"]), metadata.get("scale_range", (0.5, 2.0)))
+
+
+def scale_for_object_area(labels: np.ndarray, object_area: float, scale_range=(0.5, 2.0),
+                          min_objects: int = AUTO_SCALE_MIN_OBJECTS) -> float | None:
+    """The resize factor that brings the median object area of ``labels`` to ``object_area``, clipped to
+    ``scale_range``; None when there are fewer than ``min_objects`` objects or the factor is within 15 % of
+    1. Shared by inference (scale "auto"), its tuning and training at that size, so all three agree."""
     areas = np.bincount(labels.ravel())[1:]
     areas = areas[areas > 0]
-    if areas.size < AUTO_SCALE_MIN_OBJECTS:
+    if areas.size < max(1, min_objects):
         return None
-    low, high = metadata.get("scale_range", (0.5, 2.0))
-    factor = float(np.clip(math.sqrt(float(metadata["object_area"]) / float(np.median(areas))), low, high))
+    low, high = scale_range
+    factor = float(np.clip(math.sqrt(float(object_area) / float(np.median(areas))), low, high))
     return None if abs(factor - 1.0) < 0.15 else factor
 
 
