@@ -228,6 +228,24 @@ def test_boundary_votes_hand_case():
     np.testing.assert_array_equal(votes, expect)
 
 
+def test_boundary_votes_equal_a_per_pixel_loop_on_real_distances(shared_data):
+    from scipy import ndimage
+
+    labels = io.imread(shared_data / "consep/train/inst/train_1_004.png").astype(np.int32)[:64, :72]
+    rng = np.random.default_rng(3)
+    # real distance targets, perturbed so that votes also land off the true boundary and past the edges
+    sqrt_d = np.sqrt(distance_targets(labels)) + rng.normal(0, 0.4, (4,) + labels.shape).astype(np.float32)
+    sqrt_d = np.abs(sqrt_d).astype(np.float32)
+    fg = labels > 0
+    h, w = fg.shape
+    expect = (fg & ~ndimage.binary_erosion(fg, np.ones((3, 3), bool), border_value=1)).astype(np.int32)
+    for y, x in zip(*np.nonzero(fg)):
+        left, right, up, down = (int(np.floor(v * v + 0.5)) for v in sqrt_d[:, y, x])
+        for vy, vx in [(y, x - left + 1), (y, x + right - 1), (y - up + 1, x), (y + down - 1, x)]:
+            expect[min(max(vy, 0), h - 1), min(max(vx, 0), w - 1)] += 1
+    np.testing.assert_array_equal(boundary_votes(sqrt_d, fg), expect)
+
+
 def test_fast_erosion_and_channel_argmax_equal_the_library_versions():
     from scipy import ndimage
 
@@ -346,6 +364,10 @@ def test_attach_to_nearest_equals_euclidean_nearest(shared_data):
         py, px = np.nonzero(sparse == out[y, x])
         assert np.isclose(np.sqrt((py - y) ** 2 + (px - x) ** 2).min(), dist[y, x])
     np.testing.assert_array_equal(out[~holes], sparse[~holes])
+    # areas handed in by a caller that has them (RepSNet's size filter) give the same result
+    given = sparse.copy()
+    attach_to_nearest(given, holes, 3.0, area=np.bincount(sparse.ravel()))
+    np.testing.assert_array_equal(given, out)
 
 
 def test_postprocess_is_equivariant_to_flips_and_rotations(shared_data):

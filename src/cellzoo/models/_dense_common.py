@@ -178,11 +178,14 @@ def _offset_rings(radius: float) -> list[np.ndarray]:
     return [np.stack([dy[d2 == v], dx[d2 == v]], 1) for v in np.unique(d2) if 0 < v <= radius ** 2]
 
 
-def attach_to_nearest(labels: np.ndarray, pixels: np.ndarray, radius: float) -> None:
+def attach_to_nearest(labels: np.ndarray, pixels: np.ndarray, radius: float, area: np.ndarray | None = None) -> None:
     """Give each ``pixels`` (bool mask) position the id of the nearest labelled pixel within ``radius``
     (Euclidean), in place; between equally near instances the larger one wins, so the result does not
     depend on the image's orientation. Only candidate pixels are visited, ring by ring of equal
-    distance, which is much cheaper than a full-image distance transform with indices."""
+    distance, which is much cheaper than a full-image distance transform with indices.
+
+    ``area``: the pixel count of every id (index = id) when the caller has it already; counted here
+    otherwise."""
     if not labels.flags.c_contiguous:
         raise ValueError("attach_to_nearest works in place on a C-contiguous label map")
     at = np.flatnonzero(pixels)  # flat positions: cheaper than (row, col) pairs to find and to write back
@@ -193,7 +196,9 @@ def attach_to_nearest(labels: np.ndarray, pixels: np.ndarray, radius: float) -> 
     source = np.pad(labels, r)
     width = source.shape[1]
     flat_source = source.ravel()
-    area = np.bincount(flat_source).astype(np.int64)
+    if area is None:
+        area = np.bincount(flat_source)
+    area = area.astype(np.int64)  # a copy: the background entry is zeroed below
     area[0] = 0
     ys, xs = np.divmod(at, labels.shape[1])
     centres = (ys + r) * width + (xs + r)

@@ -311,21 +311,24 @@ def boundary_votes(sqrt_distances: np.ndarray, foreground: np.ndarray) -> np.nda
     votes (duplicates counted), like the original's ``torch.unique(..., return_counts)``.
     """
     h, w = foreground.shape
-    votes = foreground & ~_erode3x3(foreground)
+    votes = (foreground & ~_erode3x3(foreground)).astype(np.int32)
     flat_fg = np.flatnonzero(foreground)
     if flat_fg.size == 0:
-        return votes.astype(np.int32)
+        return votes
     ys, xs = np.divmod(flat_fg, w)
-    d = sqrt_distances.reshape(4, -1)[:, flat_fg].astype(np.float32)
-    d = np.floor(d * d + 0.5).astype(np.int64)
-    left = np.clip(xs - d[0] + 1, 0, w - 1)
-    right = np.clip(xs + d[1] - 1, 0, w - 1)
-    up = np.clip(ys - d[2] + 1, 0, h - 1)
-    down = np.clip(ys + d[3] - 1, 0, h - 1)
-    row = ys * w
-    flat = np.concatenate([row + left, row + right, up * w + xs, down * w + xs])
-    counts = np.bincount(flat, minlength=h * w).reshape(h, w)
-    return counts.astype(np.int32) + votes
+    planes = sqrt_distances.reshape(4, -1)
+    flat = np.empty((4, flat_fg.size), np.int64)
+    # one channel at a time: a 1-D take per plane is ~1.5x faster than indexing the 4×N array by columns
+    for channel, (sign, limit) in enumerate(((-1, w), (1, w), (-1, h), (1, h))):
+        d = planes[channel].take(flat_fg).astype(np.float32, copy=False)
+        np.multiply(d, d, out=d)
+        d += 0.5
+        step = np.floor(d, out=d).astype(np.int64) - 1  # the boundary pixel is d - 1 steps away
+        position = (xs if channel < 2 else ys) + sign * step
+        np.clip(position, 0, limit - 1, out=position)
+        flat[channel] = ys * w + position if channel < 2 else position * w + xs
+    votes += np.bincount(flat.ravel(), minlength=h * w).reshape(h, w).astype(np.int32, copy=False)
+    return votes
 
 
 _CROSS = ndimage.generate_binary_structure(2, 1)
@@ -337,23 +340,25 @@ def _argmax_channels(prob: np.ndarray, at: np.ndarray, first: int = 0) -> np.nda
     A running comparison over contiguous rows: numpy's argmax over the leading axis of a C×N array walks
     it with stride N and took 13 ms per megapixel here, this a few."""
     rows = prob.reshape(prob.shape[0], -1)
-    best = rows[first][at]
+    best = rows[first].take(at)
     index = np.full(at.size, first, np.int64)
     for channel in range(first + 1, prob.shape[0]):
-        value = rows[channel][at]
-        better = value > best  # strict: ties keep the lower channel, as argmax does
-        best[better] = value[better]
-        index[better] = channel
+        value = rows[channel].take(at)
+        # strict: ties keep the lower channel, as argmax does; copyto/maximum instead of boolean-mask
+        # assignments, which cost several times more here
+        np.copyto(index, channel, where=value > best)
+        np.maximum(best, value, out=best)
     return index
 
 
-def _filter_sizes(labels: np.ndarray, n: int, min_size: int, max_size: int) -> tuple[np.ndarray, int]:
+def _filter_sizes(labels: np.ndarray, n: int, min_size: int, max_size: int) -> tuple[np.ndarray, int, np.ndarray]:
+    """Components of ``min_size`` < area <= ``max_size`` renumbered 1..k: (labels, k, area of each new id)."""
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     keep = (sizes > min_size) & (sizes <= max_size)
     keep[0] = False
     lut = np.zeros(n + 1, np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1)
-    return lut[labels], int(keep.sum())
+    return lut[labels], int(keep.sum()), np.r_[0, sizes[keep]]
 
 
 def repsnet_postprocess(nucleus_prob: np.ndarray, sqrt_distances: np.ndarray, type_prob: np.ndarray | None,
@@ -368,9 +373,9 @@ def repsnet_postprocess(nucleus_prob: np.ndarray, sqrt_distances: np.ndarray, ty
     # 4-connected components of foreground pixels that are not boundary; restricting to the
     # foreground keeps the background out, so no component needs to be discarded as "background"
     labels, n = ndimage.label(foreground & ~boundary, structure=_CROSS)
-    labels, n = _filter_sizes(labels, n, min_size, max_size)
+    labels, n, area = _filter_sizes(labels, n, min_size, max_size)
     # re-attach boundary pixels to the nearest instance pixel within reattach_distance
-    attach_to_nearest(labels, boundary & (labels == 0), reattach_distance)
+    attach_to_nearest(labels, boundary & (labels == 0), reattach_distance, area)
     # recover nuclei the boundaries missed: foreground components mostly not covered by instances
     comps, m = ndimage.label(foreground, structure=_CROSS)
     if m:
@@ -381,8 +386,10 @@ def repsnet_postprocess(nucleus_prob: np.ndarray, sqrt_distances: np.ndarray, ty
         if new.any():
             lut = np.zeros(m + 1, np.int32)
             lut[new] = n + np.arange(1, int(new.sum()) + 1)
-            fill = (labels == 0) & (lut[comps] > 0)
-            labels[fill] = lut[comps[fill]]
+            # only uncovered foreground can be filled: look up those few pixels, not the whole image
+            open_fg = np.flatnonzero(foreground & (labels == 0))
+            ids = lut[comps.ravel()[open_fg]]
+            labels.ravel()[open_fg[ids > 0]] = ids[ids > 0]
             n += int(new.sum())
     # drop stray pixels that have no 4-neighbour of their own instance
     padded = np.pad(labels, 1)
@@ -397,9 +404,10 @@ def repsnet_postprocess(nucleus_prob: np.ndarray, sqrt_distances: np.ndarray, ty
         is_hole = np.ones(k + 1, bool)
         is_hole[border] = False
         is_hole[0] = False
-        hy, hx = np.nonzero(is_hole[empty])
-        if hy.size:
-            hole_id = empty[hy, hx]
+        hole_at = np.flatnonzero(is_hole[empty])
+        if hole_at.size:
+            hy, hx = np.divmod(hole_at, w)
+            hole_id = empty.ravel()[hole_at]
             lowest = np.full(k + 1, np.iinfo(np.int32).max, np.int64)
             highest = np.zeros(k + 1, np.int64)
             for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
@@ -416,7 +424,7 @@ def repsnet_postprocess(nucleus_prob: np.ndarray, sqrt_distances: np.ndarray, ty
     ids = flat[at]
     n = int(ids.max()) if ids.size else 0
     area = np.bincount(ids, minlength=n + 1)
-    fg_fraction = np.bincount(ids, weights=foreground.ravel()[at], minlength=n + 1) / np.maximum(area, 1)
+    fg_fraction = np.bincount(ids[foreground.ravel().take(at)], minlength=n + 1) / np.maximum(area, 1)
     keep = (area > 0) & (fg_fraction > min_foreground_fraction)
     keep[0] = False
     classes = None
@@ -432,7 +440,7 @@ def repsnet_postprocess(nucleus_prob: np.ndarray, sqrt_distances: np.ndarray, ty
     score_all = np.bincount(ids, weights=nucleus_prob.ravel()[at], minlength=n + 1) / np.maximum(area, 1)
     lut = np.zeros(n + 1, np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1)
-    labels = lut[labels]
+    flat[at] = lut[ids]  # renumber the labelled pixels only (labels is this function's own array)
     scores = {int(lut[i]): float(score_all[i]) for i in np.flatnonzero(keep)}
     if classes is not None:
         classes = np.r_[0, classes[keep]].astype(np.uint8)
