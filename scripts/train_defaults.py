@@ -52,7 +52,9 @@ def materialise(dataset) -> list[Sample]:
     return [dataset[i] for i in range(len(dataset))]
 
 
-def he_data(seed: int):
+def he_data(seed: int, whole_validation: bool = False):
+    """Train and validation samples; the validation subset is small (the trainer scores it every epoch)
+    unless ``whole_validation`` (all held-out CoNSeP patches and MoNuSeg tiles, for tuning the finished model)."""
     consep = load_shared_dataset("consep", "train")
     consep_train, consep_val = consep.split(0.1, seed=seed)
     monuseg = load_shared_dataset("monuseg2018", "train")
@@ -60,14 +62,17 @@ def he_data(seed: int):
     train = materialise(consep_train)
     for sample in materialise(monuseg_train):
         train += tiles_of(sample, 333, 222)
-    val = materialise(consep_val)[:6] + [t for s in materialise(monuseg_val) for t in tiles_of(s, 512, 488)][:4]
+    consep_val = materialise(consep_val)
+    monuseg_val = [t for s in materialise(monuseg_val) for t in tiles_of(s, 512, 488)]
+    val = consep_val + monuseg_val if whole_validation else consep_val[:6] + monuseg_val[:4]
     return train, val, "CoNSeP train patches (typed) + MoNuSeg 2018 train (untyped)"
 
 
-def fluo_data(seed: int):
+def fluo_data(seed: int, whole_validation: bool = False):
     dsb = load_shared_dataset("dsb2018", "train")
     train, val = dsb.split(0.1, seed=seed)
-    return materialise(train), materialise(val)[:16], "DSB 2018 train (StarDist subset)"
+    val = materialise(val)
+    return materialise(train), val if whole_validation else val[:16], "DSB 2018 train (StarDist subset)"
 
 
 def at_object_area(samples: list[Sample], object_area: float, scale_range=(0.5, 2.0)) -> list[Sample]:
