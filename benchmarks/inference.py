@@ -174,7 +174,7 @@ def run_one(name: str, size: int, precision: str, weights: str | None, threads: 
             "post_s": post_seconds, "total_s": total, "mpix_per_s": size * size / 1e6 / total,
             "post_fraction": post_seconds / total, "engine_s": engine_seconds, "repeats": len(runs),
             "tiles": result.meta["tiles"], "tile": result.meta["tile"], "objects_gt_maps": truth.count,
-            "trained_weights": trained,
+            "trained_weights": trained, "threads": threads,
             "objects_gt": int(len(np.unique(labels)) - 1),
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
 
@@ -242,34 +242,37 @@ def markdown(rows, flops, conv, args, load) -> str:
     lines = [
         "# Inference benchmark (`benchmarks/inference.py`)", "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-        f"{__import__('torch').__version__}, {args.threads} threads. 1-minute load average when the runs "
-        f"started / ended: {load[0]:.1f} / {load[1]:.1f} (the benchmark's own threads count; clearly above "
-        f"{args.threads} means other jobs shared the cores).",
+        f"{__import__('torch').__version__}; torch threads per row in the `threads` column (the last run used "
+        f"{args.threads}). 1-minute load average when the last run started / ended: {load[0]:.1f} / {load[1]:.1f} "
+        f"(the benchmark's own threads count; clearly above its threads means other jobs shared the cores).",
         "",
-        f"3×3 conv throughput (64→64, 256², channels_last): fp32 {conv['fp32']:.0f} GFLOP/s, "
-        f"bf16 {conv['bf16']:.0f} GFLOP/s.", "",
+        "3×3 conv throughput (64→64, 256², channels_last): " + "; ".join(
+            f"{threads} thread{'s' if threads != '1' else ''}: fp32 {c['fp32']:.0f} GFLOP/s, bf16 {c['bf16']:.0f} "
+            f"GFLOP/s" for threads, c in sorted(conv.items())) + ".", "",
         "Weights are random (network time does not depend on them) and post-processing is timed on maps built "
         "from MoNuSeg ground truth mosaicked to the size, except for rows with trained weights (the embedded "
         "model, detectors): those are the engine's own end-to-end time on the MoNuSeg mosaic. "
         "End to end = network + post-processing. "
         "`conv %` = achieved network GFLOP/s (FLOPs of the input area incl. tiling overlap not counted) over "
-        "the conv throughput above. Each row: one untimed warm-up run (the image, at most its 2048² corner), "
-        "then the median of the timed runs (3 by default, 1 at 4096²).", "",
-        "| config | params (M) | GFLOP/MPix | size | precision | tiles | network s | post s | post % | "
+        "the conv throughput above at the row's thread count. Each row: one untimed warm-up run (the image, at "
+        "most its 2048² corner), then the median of the timed runs (3 by default, 1 at 4096²).", "",
+        "| config | params (M) | GFLOP/MPix | size | precision | threads | tiles | network s | post s | post % | "
         "MPix/s | conv % | peak RSS GiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         gflop, params = flops[r["config"]]
         if "error" in r:
-            lines.append(f"| {r['config']} | {params:.2f} | {gflop:.0f} | {r['size']}² | {r['precision']} | | "
-                         f"{r['error']} | | | | | |")
+            lines.append(f"| {r['config']} | {params:.2f} | {gflop:.0f} | {r['size']}² | {r['precision']} | "
+                         f"{r.get('threads', 2)} | | {r['error']} | | | | | |")
             continue
         achieved = gflop * r["size"] ** 2 / 1e6 / r["network_s"]
+        reference = conv[str(r.get("threads", 2))][r["precision"]]
         lines.append(
-            f"| {r['config']} | {params:.2f} | {gflop:.0f} | {r['size']}² | {r['precision']} | {r['tiles']} | "
+            f"| {r['config']} | {params:.2f} | {gflop:.0f} | {r['size']}² | {r['precision']} | "
+            f"{r.get('threads', 2)} | {r['tiles']} | "
             f"{r['network_s']:.2f} | {r['post_s']:.2f} | {100 * r['post_fraction']:.0f} | "
-            f"{r['mpix_per_s']:.2f} | {100 * achieved / conv[r['precision']]:.0f} | {r['peak_rss_gib']:.2f} |")
+            f"{r['mpix_per_s']:.2f} | {100 * achieved / reference:.0f} | {r['peak_rss_gib']:.2f} |")
     lines += ["", "Detection rows (cascade, scts) use the trained weights given with --weights and run fp32 (the "
               "engine keeps detectors in fp32 on CPU); their time is end to end with the cross-tile stitching, "
               "and their GFLOP/MPix counts one 256² forward including the RoI heads, whose cost follows the "
@@ -310,8 +313,9 @@ def main(argv=None) -> int:
     configs = args.configs or list(CONFIGS)
     weights = dict(item.split("=", 1) for item in args.weights)
     load_before = os.getloadavg()[0]
-    conv = conv_throughput(args.threads)
-    print(f"conv 3x3: fp32 {conv['fp32']:.0f} GFLOP/s, bf16 {conv['bf16']:.0f} GFLOP/s", flush=True)
+    conv = {str(args.threads): conv_throughput(args.threads)}  # reference per thread count
+    print(f"conv 3x3, {args.threads} threads: fp32 {conv[str(args.threads)]['fp32']:.0f} GFLOP/s, "
+          f"bf16 {conv[str(args.threads)]['bf16']:.0f} GFLOP/s", flush=True)
     flops = {name: flops_per_mpix(name) for name in configs}
     rows = []
     for name in configs:
@@ -323,12 +327,12 @@ def main(argv=None) -> int:
                 try:
                     done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, env=env)
                     if done.returncode != 0:
-                        row = {"config": name, "size": size, "precision": precision,
+                        row = {"config": name, "size": size, "precision": precision, "threads": args.threads,
                                "error": done.stderr.strip().splitlines()[-1][:80] if done.stderr else "failed"}
                     else:
                         row = json.loads(done.stdout.strip().splitlines()[-1])
                 except subprocess.TimeoutExpired:
-                    row = {"config": name, "size": size, "precision": precision,
+                    row = {"config": name, "size": size, "precision": precision, "threads": args.threads,
                            "error": f"over {args.timeout} s"}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -338,7 +342,10 @@ def main(argv=None) -> int:
         keys = {(r["config"], r["size"], r["precision"]) for r in rows}
         rows = [r for r in previous["rows"] if (r["config"], r["size"], r["precision"]) not in keys] + rows
         flops = {**{k: tuple(v) for k, v in previous["flops"].items()}, **flops}
-        conv = previous["conv"]  # keep one reference measurement for the whole table
+        # keep one reference measurement per thread count for the whole table (older files hold only the
+        # 2-thread one, unkeyed)
+        earlier = previous["conv"] if "fp32" not in previous["conv"] else {"2": previous["conv"]}
+        conv = {**conv, **earlier}
     order = list(CONFIGS)
     rows.sort(key=lambda r: (order.index(r["config"]) if r["config"] in order else 99, r["size"], r["precision"]))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
