@@ -129,7 +129,8 @@ def gt_maps(model, labels):
     return maps
 
 
-def run_one(name: str, size: int, precision: str, weights: str | None, threads: int, repeats: int) -> dict:
+def run_one(name: str, size: int, precision: str, weights: str | None, threads: int, repeats: int,
+            warmup: int = 2048) -> dict:
     """Runs inside a fresh subprocess so that ru_maxrss is this configuration's peak. One untimed run first
     (oneDNN creates its kernels per shape), then the median of ``repeats`` runs."""
     import resource
@@ -145,8 +146,9 @@ def run_one(name: str, size: int, precision: str, weights: str | None, threads: 
     image, labels = mosaic(size)
     amp = "bf16" if precision == "bf16" else False
     # warm-up: the whole image up to 2048² (same tile shapes as the timed runs); larger images tile with the
-    # same tile shapes as a 2048² crop, so that crop warms up the same kernels at a quarter of the cost
-    segment(model, image[:2048, :2048], device="cpu", amp=amp)
+    # same tile shapes as a 2048² crop, so that crop warms up the same kernels at a quarter of the cost.
+    # ``warmup`` < 2048 for models whose tiles are small (FullNet): any crop larger than one tile will do
+    segment(model, image[:warmup, :warmup], device="cpu", amp=amp)
     runs = []
     for _ in range(max(1, repeats)):
         started = time.perf_counter()
@@ -174,7 +176,7 @@ def run_one(name: str, size: int, precision: str, weights: str | None, threads: 
             "post_s": post_seconds, "total_s": total, "mpix_per_s": size * size / 1e6 / total,
             "post_fraction": post_seconds / total, "engine_s": engine_seconds, "repeats": len(runs),
             "tiles": result.meta["tiles"], "tile": result.meta["tile"], "objects_gt_maps": truth.count,
-            "trained_weights": trained, "threads": threads,
+            "trained_weights": trained, "threads": threads, "warmup": min(warmup, size),
             "objects_gt": int(len(np.unique(labels)) - 1),
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
 
@@ -255,7 +257,7 @@ def markdown(rows, flops, conv, args, load) -> str:
         "End to end = network + post-processing. "
         "`conv %` = achieved network GFLOP/s (FLOPs of the input area incl. tiling overlap not counted) over "
         "the conv throughput above at the row's thread count. Each row: one untimed warm-up run (the image, at "
-        "most its 2048² corner), then the median of the timed runs (3 by default, 1 at 4096²).", "",
+        "most its 2048² corner; FullNet rows: its 512² corner, larger than one of its tiles), then the median of the timed runs (3 by default, 1 at 4096²).", "",
         "| config | params (M) | GFLOP/MPix | size | precision | threads | tiles | network s | post s | post % | "
         "MPix/s | conv % | peak RSS GiB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -296,6 +298,9 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=14)
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed runs per row after a warm-up run (median reported); 1 at 4096²")
+    parser.add_argument("--warmup-size", type=int, default=2048,
+                        help="edge of the untimed warm-up crop (default 2048; any crop larger than one tile warms "
+                             "up the tiled runs' kernels, so a small one saves minutes for the slowest models)")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--append", action="store_true",
                         help="merge with the rows of the previous run (kept in <out>.json) instead of replacing them")
@@ -303,8 +308,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     if args._one:  # child process
-        name, size, precision, weights, repeats = json.loads(args._one)
-        print(json.dumps(run_one(name, size, precision, weights, args.threads, repeats)))
+        name, size, precision, weights, repeats, warmup = json.loads(args._one)
+        print(json.dumps(run_one(name, size, precision, weights, args.threads, repeats, warmup)))
         return 0
     if args.accuracy:
         print(json.dumps(accuracy(args.accuracy, args.images, args.threads), indent=1))
@@ -321,7 +326,8 @@ def main(argv=None) -> int:
     for name in configs:
         for size in sizes:
             for precision in args.precisions:
-                job = json.dumps([name, size, precision, weights.get(name), args.repeats if size < 4096 else 1])
+                job = json.dumps([name, size, precision, weights.get(name), args.repeats if size < 4096 else 1,
+                                  args.warmup_size])
                 command = [sys.executable, __file__, "--_one", job, "--threads", str(args.threads)]
                 env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
                 try:
