@@ -125,6 +125,9 @@ def main(argv=None) -> int:
     parser.add_argument("--tune-scale", action=argparse.BooleanOptionalAction, default=None,
                         help="choose an object area for scale 'auto' on the whole validation split "
                              "(default: for fluo, whose test images mix magnifications)")
+    parser.add_argument("--earlier-record", default=None, metavar="FILE.safetensors",
+                        help="a finished model whose training record describes the weights this run started from "
+                             "(needed when the run's --init was a raw trainer checkpoint, which carries no record)")
     parser.add_argument("--whole-validation", action=argparse.BooleanOptionalAction, default=True,
                         help="tune the thresholds on the whole held-out validation split (default) instead of the "
                              "small subset the trainer scores every epoch")
@@ -195,7 +198,7 @@ def main(argv=None) -> int:
         # a continued run: keep the earlier training's record next to this one
         from cellzoo.zoo.weights import read_metadata
 
-        earlier = read_metadata(summary["init"]).get("training", {})
+        earlier = read_metadata(args.earlier_record or summary["init"]).get("training", {})
         # finishing the same run twice: the init file may be this run's own earlier output (an embedded model
         # continued in place), whose record already describes this run; step back to what came before it
         while earlier.get("minutes") == training["minutes"] and "continued_from" in earlier:
