@@ -446,3 +446,46 @@ def test_type_map_names_instances_but_never_removes_them(shared_data):
             expected = 3 if gt_id in ids[::2] else 2
             right.append(result.class_of[int(overlap.argmax())] == expected)
     assert len(right) > 0.95 * len(ids) and np.mean(right) > 0.95
+
+
+def _postprocess_count_in_child(maps, queue):
+    model = RepSNet(RepSNetConfig(filters=TINY, num_classes=5, boundary_threshold=4))
+    queue.put(int(model.postprocess(maps).labels.max()))
+
+
+def test_threaded_postprocess_steps_equal_serial_ones_and_survive_fork(shared_data):
+    """The post-processing hands independent halves to a helper thread on large images: same results as the
+    serial path, and a child forked after the parent used the helper (whose thread it does not inherit)
+    still finishes."""
+    import multiprocessing
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cellzoo.models._dense_common import attach_to_nearest
+
+    root = shared_data / "consep/stitched/train"
+    labels = io.imread(root / "inst/train_1.png").astype(np.int32)
+    classes = io.imread(root / "class/train_1.png").astype(np.uint8)
+    maps = _perfect_maps(labels, classes, 5)
+    fg = labels > 0
+    assert fg.sum() > 50_000  # large enough for the threaded branches
+    with ThreadPoolExecutor(1) as pool:
+        np.testing.assert_array_equal(boundary_votes(maps["distance"], fg, executor=pool),
+                                      boundary_votes(maps["distance"], fg))
+        holes = (np.random.default_rng(1).random(labels.shape) < 0.3) & fg
+        serial, threaded = np.where(holes, 0, labels), np.where(holes, 0, labels)
+        attach_to_nearest(serial, holes, 3.0)
+        attach_to_nearest(threaded, holes, 3.0, executor=pool)
+        np.testing.assert_array_equal(threaded, serial)
+    model = RepSNet(RepSNetConfig(filters=TINY, num_classes=5, boundary_threshold=4))
+    expected = int(model.postprocess(maps).labels.max())  # the parent's helper thread now exists
+    assert expected > 500
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_postprocess_count_in_child, args=(maps, queue))
+    child.start()
+    child.join(timeout=120)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive, "post-processing hung in a forked child"
+    assert queue.get(timeout=5) == expected

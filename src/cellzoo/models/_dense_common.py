@@ -178,14 +178,33 @@ def _offset_rings(radius: float) -> list[np.ndarray]:
     return [np.stack([dy[d2 == v], dx[d2 == v]], 1) for v in np.unique(d2) if 0 < v <= radius ** 2]
 
 
-def attach_to_nearest(labels: np.ndarray, pixels: np.ndarray, radius: float, area: np.ndarray | None = None) -> None:
+def _nearest_ids(flat_source: np.ndarray, centres: np.ndarray, area: np.ndarray, width: int,
+                 radius: float) -> np.ndarray:
+    """For flat positions ``centres`` of a padded label map, the id of the nearest labelled pixel within
+    ``radius`` (0 if none), larger ``area`` first among equally near ones; ring by ring of equal distance."""
+    found = np.zeros(centres.size, flat_source.dtype)
+    todo = np.arange(centres.size)
+    for ring in _offset_rings(radius):
+        vals = flat_source[centres[todo, None] + (ring[:, 0] * width + ring[:, 1])]
+        pick = area[vals].argmax(1)
+        hit = vals[np.arange(todo.size), pick]
+        found[todo] = hit
+        todo = todo[hit == 0]
+        if todo.size == 0:
+            break
+    return found
+
+
+def attach_to_nearest(labels: np.ndarray, pixels: np.ndarray, radius: float, area: np.ndarray | None = None,
+                      executor=None) -> None:
     """Give each ``pixels`` (bool mask) position the id of the nearest labelled pixel within ``radius``
     (Euclidean), in place; between equally near instances the larger one wins, so the result does not
     depend on the image's orientation. Only candidate pixels are visited, ring by ring of equal
     distance, which is much cheaper than a full-image distance transform with indices.
 
     ``area``: the pixel count of every id (index = id) when the caller has it already; counted here
-    otherwise."""
+    otherwise. ``executor``: a ``concurrent.futures`` executor that takes half of the candidates (the
+    halves are independent: both read a padded copy of the labels), for large candidate sets."""
     if not labels.flags.c_contiguous:
         raise ValueError("attach_to_nearest works in place on a C-contiguous label map")
     at = np.flatnonzero(pixels)  # flat positions: cheaper than (row, col) pairs to find and to write back
@@ -202,15 +221,11 @@ def attach_to_nearest(labels: np.ndarray, pixels: np.ndarray, radius: float, are
     area[0] = 0
     ys, xs = np.divmod(at, labels.shape[1])
     centres = (ys + r) * width + (xs + r)
-    found = np.zeros(at.size, labels.dtype)
-    todo = np.arange(at.size)
-    for ring in _offset_rings(radius):
-        vals = flat_source[centres[todo, None] + (ring[:, 0] * width + ring[:, 1])]
-        pick = area[vals].argmax(1)
-        hit = vals[np.arange(todo.size), pick]
-        found[todo] = hit
-        todo = todo[hit == 0]
-        if todo.size == 0:
-            break
+    if executor is not None and at.size > 20_000:
+        half = at.size // 2
+        other = executor.submit(_nearest_ids, flat_source, centres[half:], area, width, radius)
+        found = np.concatenate([_nearest_ids(flat_source, centres[:half], area, width, radius), other.result()])
+    else:
+        found = _nearest_ids(flat_source, centres, area, width, radius)
     flat_labels = labels.reshape(-1)  # a view: labels is C-contiguous (checked above)
     flat_labels[at] = np.where(found > 0, found, flat_labels[at])
