@@ -257,7 +257,8 @@ def markdown(rows, flops, conv, args, load) -> str:
         "End to end = network + post-processing. "
         "`conv %` = achieved network GFLOP/s (FLOPs of the input area incl. tiling overlap not counted) over "
         "the conv throughput above at the row's thread count. Each row: one untimed warm-up run (the image, at "
-        "most its 2048² corner, or the smaller --warmup-size crop the JSON rows record, still at least one tile), then the median of the timed runs (3 by default, 1 at 4096²).", "",
+        "most its 2048² corner, or the smaller --warmup-size crop the JSON rows record, still at least one "
+        "tile), then the median of the timed runs (3 by default, 1 at 4096²).", "",
         "| config | params (M) | GFLOP/MPix | size | precision | threads | tiles | network s | post s | post % | "
         "MPix/s | conv % | peak RSS GiB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",

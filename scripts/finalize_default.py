@@ -234,8 +234,10 @@ def main(argv=None) -> int:
 
     lines = RESULTS.read_text().splitlines() if RESULTS.is_file() else [
         "# Embedded default models: test-split figures (`scripts/finalize_default.py`)", ""]
-    lines += [f"## {args.name}", "", f"Training: {json.dumps(training)}", f"Post-processing (tuned on {len(val)} validation "
-              f"images): {json.dumps(params)}", *([f"Scale: {json.dumps(scale_meta)}"] if scale_meta else []), "", "| test set | AJI | Dice | PQ | DSB AP@0.5 | mPQ+ | COCO AP | s/image |",
+    lines += [f"## {args.name}", "", f"Training: {json.dumps(training)}",
+              f"Post-processing (tuned on {len(val)} validation images): {json.dumps(params)}",
+              *([f"Scale: {json.dumps(scale_meta)}"] if scale_meta else []), "",
+              "| test set | AJI | Dice | PQ | DSB AP@0.5 | mPQ+ | COCO AP | s/image |",
               "|---|---|---|---|---|---|---|---|"]
     for key, v in metrics.items():
         lines.append(f"| {key} | {v.get('aji', float('nan')):.3f} | {v.get('dice', float('nan')):.3f} | "
