@@ -489,3 +489,20 @@ def test_threaded_postprocess_steps_equal_serial_ones_and_survive_fork(shared_da
         child.kill()
     assert not alive, "post-processing hung in a forked child"
     assert queue.get(timeout=5) == expected
+
+
+def test_postprocess_fills_a_hole_inside_one_nucleus_but_not_a_gap_between_two():
+    from skimage.draw import disk
+
+    labels = np.zeros((48, 72), np.int32)
+    labels[disk((22, 18), 11, shape=labels.shape)] = 1
+    labels[disk((22, 18), 3, shape=labels.shape)] = 0  # a hole inside nucleus 1
+    labels[10:34, 40:52] = 2  # nuclei 2 and 3 enclose a gap between them
+    labels[10:34, 52:64] = 3
+    labels[18:26, 48:56] = 0
+    model = RepSNet(RepSNetConfig(filters=TINY, num_classes=2, boundary_threshold=4, min_size=8))
+    out = model.postprocess(_perfect_maps(labels)).labels
+    ring = out[22, 18 + 8]
+    assert ring > 0 and out[22, 18] == ring  # the hole took its nucleus' id
+    assert out[22, 52] == 0  # the gap touches two nuclei: stays background
+    assert len(np.unique(out[10:34, 40:64])) == 3  # background + the two nuclei
