@@ -480,16 +480,20 @@ def repsnet_postprocess(nucleus_prob: np.ndarray, sqrt_distances: np.ndarray, ty
     ids = flat[at]
     n = int(ids.max()) if ids.size else 0
     fg_flat, prob_flat = foreground.ravel(), nucleus_prob.ravel()
-    area = np.bincount(ids, minlength=n + 1)
-    fg_count = np.bincount(ids[fg_flat.take(at)], minlength=n + 1)
-    score_sum = np.bincount(ids, weights=prob_flat.take(at), minlength=n + 1)
+
+    def sums(pixel_ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Per id: pixel count, foreground pixel count, summed nucleus probability (3 × (n + 1))."""
+        return np.stack([np.bincount(pixel_ids, minlength=n + 1),
+                         np.bincount(pixel_ids[fg_flat.take(positions)], minlength=n + 1),
+                         np.bincount(pixel_ids, weights=prob_flat.take(positions), minlength=n + 1)])
+
+    totals = sums(ids, at)
     hole_at, hole_ids = holes.result()
     if hole_at.size:
         flat[hole_at] = hole_ids
-        area += np.bincount(hole_ids, minlength=n + 1)
-        fg_count += np.bincount(hole_ids[fg_flat.take(hole_at)], minlength=n + 1)
-        score_sum += np.bincount(hole_ids, weights=prob_flat.take(hole_at), minlength=n + 1)
+        totals += sums(hole_ids, hole_at)
         at, ids = np.concatenate([at, hole_at]), np.concatenate([ids, hole_ids])
+    area, fg_count, score_sum = totals
     type_votes = None
     if type_prob is not None:
         # The nucleus map decides which instances exist; the type map only names them, by the majority of
