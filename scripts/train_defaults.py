@@ -111,7 +111,10 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--steps-per-epoch", type=int, default=60)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=322)
+    parser.add_argument("--seed", type=int, default=322, help="seeds the validation split (keep it for a continuation)")
+    parser.add_argument("--train-seed", type=int, default=None,
+                        help="seeds sampling and augmentation (default: --seed); give a continuation a new one so that "
+                             "it does not replay the crops of the run it continues")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--input-stride", type=int, default=1, choices=[1, 2],
                         help="2: the fast half-resolution RepSNet variant (see RepSNetConfig.input_stride)")
@@ -152,7 +155,8 @@ def main(argv=None) -> int:
         model = load_weights(args.init)[0].train()
     config = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                          lr=args.lr, crop=args.crop, augment=augment, oversample_rare=args.which == "he",
-                         seed=args.seed, out_dir=args.out, resume=args.resume, max_val_images=None,
+                         seed=args.seed if args.train_seed is None else args.train_seed, out_dir=args.out,
+                         resume=args.resume, max_val_images=None,
                          data_name=data_name, scheduler=args.scheduler, device=args.device, cpu_bf16=args.bf16,
                          num_workers=args.workers)
     print(f"{args.which}: {len(train)} training tiles, {len(val)} validation images, filters {filters}, "
