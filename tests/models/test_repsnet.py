@@ -506,3 +506,25 @@ def test_postprocess_fills_a_hole_inside_one_nucleus_but_not_a_gap_between_two()
     assert ring > 0 and out[22, 18] == ring  # the hole took its nucleus' id
     assert out[22, 52] == 0  # the gap touches two nuclei: stays background
     assert len(np.unique(out[10:34, 40:64])) == 3  # background + the two nuclei
+
+
+def test_recovered_components_have_their_own_size_filter():
+    """A small isolated nucleus is a whole foreground component: ``recover_min_size`` keeps it while ``min_size``
+    still removes the boundary split's small pieces; by default the two bounds are the same."""
+    from skimage.draw import disk
+
+    labels = np.zeros((64, 64), np.int32)
+    labels[disk((20, 20), 9, shape=labels.shape)] = 1  # 253 px
+    labels[disk((48, 48), 2.5, shape=labels.shape)] = 2  # 21 px: below min_size 32
+    maps = _perfect_maps(labels)
+    model = RepSNet(RepSNetConfig(filters=TINY, num_classes=2, boundary_threshold=4, min_size=32))
+    default = model.postprocess(maps).labels
+    assert default.max() == 1 and default[48, 48] == 0
+    kept = model.postprocess(maps, recover_min_size=16).labels
+    assert kept.max() == 2 and kept[48, 48] == 2
+    np.testing.assert_array_equal(kept == 2, labels == 2)
+    np.testing.assert_array_equal(kept == 1, default == 1)
+    # the bound is strict, as min_size's: a component of exactly recover_min_size pixels stays out
+    assert model.postprocess(maps, recover_min_size=int((labels == 2).sum())).labels.max() == 1
+    model.config.recover_min_size = 16  # a model's own default, as finalize_default.py stores it
+    np.testing.assert_array_equal(model.postprocess(maps).labels, kept)

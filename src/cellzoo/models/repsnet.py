@@ -74,6 +74,8 @@ class RepSNetConfig:
     recover_overlap: float = 0.1
     min_foreground_fraction: float = 0.5
     foreground_threshold: float = 0.5
+    #: size filter of the recovered components (None: min_size); see repsnet_postprocess
+    recover_min_size: int | None = None
     type_class_weights: tuple[float, ...] | None = None
     focal_gamma: float = 2.0
     loss_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LOSS_WEIGHTS))
@@ -435,8 +437,14 @@ def repsnet_postprocess(nucleus_prob: np.ndarray, sqrt_distances: np.ndarray, ty
                         *, boundary_threshold: float = 4.0, min_size: int = 8, max_size: int = 5000,
                         reattach_distance: float = 3.0, recover_overlap: float = 0.1,
                         min_foreground_fraction: float = 0.5, foreground_threshold: float = 0.5,
+                        recover_min_size: int | None = None,
                         ) -> tuple[np.ndarray, np.ndarray | None, dict[int, float]]:
-    """Instances from RepSNet maps; returns (labels int32, per-instance class array or None, scores)."""
+    """Instances from RepSNet maps; returns (labels int32, per-instance class array or None, scores).
+
+    ``recover_min_size`` (default ``min_size``): the size filter of the recovered foreground components. They
+    are whole isolated objects, unlike the pieces the boundary split leaves behind, so small nuclei
+    (fluorescence) can be kept by a lower bound here without keeping those fragments."""
+    recover_min_size = min_size if recover_min_size is None else recover_min_size
     h, w = nucleus_prob.shape
     foreground = nucleus_prob > foreground_threshold
     helper = _helper_thread()
@@ -453,7 +461,7 @@ def repsnet_postprocess(nucleus_prob: np.ndarray, sqrt_distances: np.ndarray, ty
     (comps, m, sizes), pixel_types = side.result()
     if m:
         covered = np.bincount(comps[labels > 0], minlength=m + 1)
-        new = (sizes > min_size) & (sizes <= max_size) & (covered < recover_overlap * sizes)
+        new = (sizes > recover_min_size) & (sizes <= max_size) & (covered < recover_overlap * sizes)
         new[0] = False
         if new.any():
             lut = np.zeros(m + 1, np.int32)
@@ -677,7 +685,7 @@ class RepSNet(CellModel):
         return {"boundary_threshold": c.boundary_threshold, "min_size": c.min_size, "max_size": c.max_size,
                 "reattach_distance": c.reattach_distance, "recover_overlap": c.recover_overlap,
                 "min_foreground_fraction": c.min_foreground_fraction,
-                "foreground_threshold": c.foreground_threshold}
+                "foreground_threshold": c.foreground_threshold, "recover_min_size": c.recover_min_size}
 
     def postprocess(self, maps: dict[str, np.ndarray], **params: Any) -> Instances:
         unknown = set(params) - set(self.default_postprocess_params())
