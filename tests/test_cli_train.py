@@ -39,8 +39,9 @@ def test_train_from_scratch_and_fine_tune(tmp_path, small_dataset, capsys):
     assert meta["config"]["filters"] == [8, 16, 32, 64]
     # fine-tune the result
     assert main(["train", "--base", str(best), "--data", str(small_dataset), "--out", str(tmp_path / "ft"),
-                 "--epochs", "1", "--steps-per-epoch", "1", "--crop", "64", "--batch-size", "1"]) == 0
+                 "--epochs", "1", "--steps-per-epoch", "1", "--crop", "64", "--batch-size", "1", "--workers", "1"]) == 0
     assert (tmp_path / "ft" / "best.safetensors").is_file()
+    assert read_metadata(tmp_path / "ft" / "best.safetensors")["training"]["config"]["num_workers"] == 1
 
 
 def test_train_errors(tmp_path, small_dataset, capsys):
@@ -51,3 +52,6 @@ def test_train_errors(tmp_path, small_dataset, capsys):
     assert main(["train", "--family", "repsnet", "--data", str(small_dataset), "--out", str(tmp_path),
                  "--config", "{not json"]) == 2
     assert "JSON" in capsys.readouterr().err
+    assert main(["train", "--family", "repsnet", "--data", str(small_dataset), "--out", str(tmp_path),
+                 "--workers", "-1"]) == 2
+    assert "num_workers must be >= 0" in capsys.readouterr().err

@@ -95,6 +95,35 @@ def test_resume_continues_exactly(tmp_path, monuseg_samples):
     assert [h["epoch"] for h in result.history] == [1, 2]
 
 
+def test_worker_processes_make_the_same_batches_and_stop_with_a_cancel(tmp_path, monuseg_samples):
+    """Batches made ahead by two worker processes are the batches made in-process (each is seeded by its
+    epoch and step), so the losses agree; a cancel ends the run and its workers."""
+    import multiprocessing
+
+    train_samples, _ = monuseg_samples
+    runs = []
+    for name, workers in (("in_process", 0), ("workers", 2)):
+        events = []
+        torch.manual_seed(0)
+        train(build_model("repsnet", SMALL), train_samples, [],
+              _config(tmp_path / name, epochs=2, steps_per_epoch=2, augment="default", num_workers=workers),
+              on_event=events.append)
+        runs.append(_losses(events))
+    assert len(runs[0]) == 4 and runs[0] == runs[1]
+
+    token = CancelToken()
+    before = set(multiprocessing.active_children())
+
+    def cancel_at_second_step(event):
+        if isinstance(event, TrainStep) and event.step == 2:
+            token.cancel()
+    result = train(build_model("repsnet", SMALL), train_samples, [],
+                   _config(tmp_path / "cancelled", epochs=3, steps_per_epoch=4, num_workers=2), cancel=token,
+                   on_event=cancel_at_second_step)
+    assert result.cancelled
+    assert set(multiprocessing.active_children()) <= before  # no worker left behind
+
+
 def test_cancel_stops_at_the_next_step_and_keeps_best(tmp_path, monuseg_samples):
     train_samples, val_samples = monuseg_samples
     token = CancelToken()

@@ -37,6 +37,9 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--device", default=None, choices=DEVICE_CHOICES)
     parser.add_argument("--resume", action="store_true", default=None, help="continue from OUT/last_state.pt")
+    parser.add_argument("--workers", dest="num_workers", type=int, default=None,
+                        help="processes that make the training batches ahead of the model (0: in the main "
+                             "process); a GPU run wants several")
 
 
 def _json_option(text: str | None, what: str) -> dict:
@@ -96,7 +99,7 @@ def run(args) -> int:
 
     options = _json_option(args.config, "--config")
     for key in ("epochs", "steps_per_epoch", "crop", "batch_size", "lr", "augment", "oversample_rare",
-                "val_fraction", "max_val_images", "seed", "device", "resume"):
+                "val_fraction", "max_val_images", "seed", "device", "resume", "num_workers"):
         value = getattr(args, key)
         if value is not None:
             options[key] = value

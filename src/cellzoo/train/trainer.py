@@ -70,7 +70,8 @@ class TrainConfig:
                   (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
                   (self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps_per_epoch must be >= 1"),
                   (self.optimizer in ("adam", "adamw"), "optimizer must be 'adam' or 'adamw'"),
-                  (self.scheduler in ("plateau", "cosine", "none"), "scheduler must be plateau, cosine or none")]
+                  (self.scheduler in ("plateau", "cosine", "none"), "scheduler must be plateau, cosine or none"),
+                  (self.num_workers >= 0, "num_workers must be >= 0 (0 makes the batches in the main process)")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"TrainConfig: {message}")
@@ -141,40 +142,117 @@ def validation_metrics(model: CellModel, samples: Sequence[Sample], *, device, t
     return metrics
 
 
-def _stack_targets(model: CellModel, crops: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
-                   device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    images = torch.stack([model.preprocess(image) for image, _l, _c in crops]).to(device)
-    per_sample = [model.targets(labels, classes) for _i, labels, classes in crops]
-    targets = {key: torch.from_numpy(np.stack([t[key] for t in per_sample])).to(device) for key in per_sample[0]}
-    return images, targets
-
-
-def _detection_losses(model: CellModel, crops, device: torch.device, amp_dtype) -> dict[str, torch.Tensor]:
+def _detection_losses(model: CellModel, batch, device: torch.device, amp_dtype) -> dict[str, torch.Tensor]:
     """Detection families (Cascade, SCTS) take lists (the number of objects differs per crop) and
     compute their losses inside ``forward(images, targets)``; ``model.loss`` passes them on."""
     from ..models._detection_common import targets_to_torch
 
-    images = [model.preprocess(image).to(device) for image, _l, _c in crops]
-    targets = [targets_to_torch(model.targets(labels, classes), device) for _i, labels, classes in crops]
+    images = [image.to(device) for image, _t in batch]
+    targets = [targets_to_torch(target, device) for _i, target in batch]
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         outputs = model(images, targets)
     return model.loss(outputs, targets)
 
 
-def _with_space_fill(augment, train_samples: Sequence[Sample], config: TrainConfig):
-    """Space-filling augmentation (cells of the training set pasted into empty places) before ``augment``."""
-    from ..data.spacefill import SpaceFill, build_cell_library
+class _AugmentWithFill:
+    """Space-filling augmentation (cells of the training set pasted into empty places) before ``augment``
+    (a class rather than a closure so that worker processes started by "spawn" can receive it)."""
 
-    fill = SpaceFill(build_cell_library(train_samples, max_cells=5000, seed=config.seed), n_cells=config.space_fill)
+    def __init__(self, augment, train_samples: Sequence[Sample], config: TrainConfig) -> None:
+        from ..data.spacefill import SpaceFill, build_cell_library
 
-    def augment_with_fill(image, labels, classes, rng):
-        return augment(*fill(image, labels, classes, rng), rng)
+        self.augment = augment
+        self.fill = SpaceFill(build_cell_library(train_samples, max_cells=5000, seed=config.seed),
+                              n_cells=config.space_fill)
 
-    return augment_with_fill
+    def __call__(self, image, labels, classes, rng):
+        return self.augment(*self.fill(image, labels, classes, rng), rng)
 
 
-def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
-    return {"numpy": json.dumps(rng.bit_generator.state), "torch": torch.get_rng_state()}
+class _BatchMaker:
+    """Builds training batch ``(epoch, step)`` on the CPU: crops drawn by class-aware sampling, augmented,
+    cropped to size, preprocessed, with the model's targets. Each batch has its own generator, seeded by
+    (seed, epoch, step), so a batch is the same whether it is made here or in a worker process, in any
+    order, and a resumed run draws exactly the batches the uninterrupted one would have."""
+
+    def __init__(self, model: CellModel, train_samples: Sequence[Sample], config: TrainConfig, crop: int) -> None:
+        self.model = model  # only its CPU-side preprocess and targets are used here (no parameters)
+        self.samples = list(train_samples)
+        self.prepared = [prepare_image(s.image) for s in self.samples]
+        weights = class_aware_oversampling_weights(self.samples) if config.oversample_rare else \
+            np.ones(len(self.samples))
+        self.pick = weights / weights.sum()
+        self.augment = build_augment(config.augment)
+        if config.space_fill:
+            self.augment = _AugmentWithFill(self.augment, self.samples, config)
+        self.crop = crop
+        # augment a larger window than the crop so that scaling / elastic moves do not bring in padding
+        self.window = int(math.ceil(crop * 1.3))
+        self.batch_size = config.batch_size
+        self.seed = config.seed
+
+    def __getstate__(self) -> dict[str, Any]:
+        # workers started by "spawn" (macOS, Windows) receive a pickled copy: send the model's CPU copy,
+        # not the tensors of a model that the trainer has moved to the GPU meanwhile
+        import copy
+
+        return {**self.__dict__, "model": copy.deepcopy(self.model).cpu()}
+
+    def crops(self, epoch: int, step: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        rng = np.random.default_rng([self.seed, epoch, step])
+        out = []
+        for index in rng.choice(len(self.samples), size=self.batch_size, p=self.pick):
+            sample = self.samples[index]
+            triple = random_crop(self.prepared[index], sample.labels.astype(np.int32, copy=False), sample.classes,
+                                 self.window, rng)
+            triple = self.augment(*triple, rng)
+            out.append(random_crop(*triple, self.crop, rng))
+        return out
+
+    def __call__(self, epoch: int, step: int):
+        """Dense families: (images N×C×H×W, {target: N×...}) as CPU tensors. Detection families: per crop
+        (image tensor, targets) — their number of objects differs, so they stay lists."""
+        crops = self.crops(epoch, step)
+        if self.model.kind == "detection":
+            return [(self.model.preprocess(image), self.model.targets(labels, classes))
+                    for image, labels, classes in crops]
+        images = torch.stack([self.model.preprocess(image) for image, _l, _c in crops])
+        per_sample = [self.model.targets(labels, classes) for _i, labels, classes in crops]
+        return images, {key: torch.from_numpy(np.stack([t[key] for t in per_sample])) for key in per_sample[0]}
+
+
+class _StepBatches(torch.utils.data.Dataset):
+    """Batches indexed by (epoch, step), for a DataLoader whose worker processes make them ahead of time."""
+
+    def __init__(self, maker: _BatchMaker) -> None:
+        self.maker = maker
+
+    def __getitem__(self, key: tuple[int, int]):
+        return self.maker(*key)
+
+
+def _unchanged(batch):
+    return batch
+
+
+def _batches(maker: _BatchMaker, epochs: range, steps_per_epoch: int, num_workers: int):
+    """Yield ((epoch, step), batch) in order; with ``num_workers`` > 0 the batches are made by that many
+    processes (2 batches ahead each), so augmentation and targets overlap the model's steps."""
+    order = [(epoch, step) for epoch in epochs for step in range(1, steps_per_epoch + 1)]
+    if num_workers <= 0:
+        for key in order:
+            yield key, maker(*key)
+        return
+    loader = torch.utils.data.DataLoader(_StepBatches(maker), batch_size=None, sampler=order,
+                                         num_workers=num_workers, collate_fn=_unchanged,
+                                         worker_init_fn=_one_thread_per_worker)
+    yield from zip(order, loader)
+
+
+def _one_thread_per_worker(_worker_id: int) -> None:
+    torch.set_num_threads(1)  # the workers are the parallelism; more threads each would oversubscribe the cores
+
+
 
 
 def train_iter(model: CellModel, train_samples: Iterable[Sample], val_samples: Iterable[Sample] | None,
@@ -209,17 +287,8 @@ def train_iter(model: CellModel, train_samples: Iterable[Sample], val_samples: I
                   f"{len(val_samples)} validation images" + (f", AMP {amp_dtype}" if amp_dtype else ""))
 
     torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    augment = build_augment(config.augment)
-    if config.space_fill:
-        augment = _with_space_fill(augment, train_samples, config)
     crop = -(-config.crop // model.size_divisor) * model.size_divisor
-    # augment a larger window than the crop so that scaling / elastic moves do not bring in padding
-    window = int(math.ceil(crop * 1.3))
-    prepared = [prepare_image(s.image) for s in train_samples]
-    weights = class_aware_oversampling_weights(train_samples) if config.oversample_rare else \
-        np.ones(len(train_samples))
-    pick = weights / weights.sum()
+    make_batch = _BatchMaker(model, train_samples, config, crop)
     steps_per_epoch = config.steps_per_epoch or max(1, math.ceil(len(train_samples) / config.batch_size))
 
     model.to(device)
@@ -243,8 +312,7 @@ def train_iter(model: CellModel, train_samples: Iterable[Sample], val_samples: I
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
-        rng.bit_generator.state = json.loads(state["rng"]["numpy"])
-        torch.set_rng_state(state["rng"]["torch"])
+        torch.set_rng_state(state["rng"]["torch"])  # the batches need no state: see _BatchMaker
         best_metric = float(state["best_metric"])
         start_epoch = int(state["epoch"]) + 1
         history = json.loads(state["history"])
@@ -254,78 +322,80 @@ def train_iter(model: CellModel, train_samples: Iterable[Sample], val_samples: I
                      "train_images": [s.name for s in train_samples][:1000],
                      "val_images": [s.name for s in val_samples][:1000]}
     cancelled = False
-    for epoch in range(start_epoch, config.epochs + 1):
-        model.train()
-        epoch_losses: dict[str, list[float]] = {}
-        started = time.perf_counter()
-        for step in range(1, steps_per_epoch + 1):
-            if cancel is not None and cancel.cancelled:
-                cancelled = True
+    batches = _batches(make_batch, range(start_epoch, config.epochs + 1), steps_per_epoch, config.num_workers)
+    try:
+        for epoch in range(start_epoch, config.epochs + 1):
+            model.train()
+            epoch_losses: dict[str, list[float]] = {}
+            started = time.perf_counter()
+            for step in range(1, steps_per_epoch + 1):
+                if cancel is not None and cancel.cancelled:
+                    cancelled = True
+                    break
+                key, batch = next(batches)
+                if key != (epoch, step):  # the loader keeps its sampler's order; anything else is a bug
+                    raise RuntimeError(f"batch {key} arrived for epoch {epoch}, step {step}")
+                optimizer.zero_grad(set_to_none=True)
+                if model.kind == "detection":
+                    losses = _detection_losses(model, batch, device, amp_dtype)
+                else:
+                    images, targets = batch
+                    images = images.to(device, non_blocking=True)
+                    targets = {name: value.to(device, non_blocking=True) for name, value in targets.items()}
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        outputs = model(images)
+                    losses = model.loss(outputs, targets)
+                total = losses["total"]
+                if not torch.isfinite(total):
+                    raise RuntimeError(f"training diverged at epoch {epoch}, step {step} (loss {float(total)}); "
+                                       "lower the learning rate")
+                scaler.scale(total).backward()
+                if config.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+                    scheduler.step()
+                values = {k: float(v.detach()) for k, v in losses.items()}
+                for key, value in values.items():
+                    epoch_losses.setdefault(key, []).append(value)
+                yield TrainStep(epoch, step, steps_per_epoch, values, optimizer.param_groups[0]["lr"])
+            if cancelled:
                 break
-            crops = []
-            for index in rng.choice(len(train_samples), size=config.batch_size, p=pick):
-                sample = train_samples[index]
-                triple = random_crop(prepared[index], sample.labels.astype(np.int32, copy=False),
-                                     sample.classes, window, rng)
-                triple = augment(*triple, rng)
-                crops.append(random_crop(*triple, crop, rng))
-            optimizer.zero_grad(set_to_none=True)
-            if model.kind == "detection":
-                losses = _detection_losses(model, crops, device, amp_dtype)
+
+            record: dict[str, Any] = {"epoch": epoch, "seconds": time.perf_counter() - started,
+                                      "loss": {k: float(np.mean(v)) for k, v in epoch_losses.items()}}
+            if val_samples:
+                metrics = yield from validation_metrics(model, val_samples, device=device, tile=config.val_tile,
+                                                        cancel=cancel)
+                score = metrics["pq"]
             else:
-                images, targets = _stack_targets(model, crops, device)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    outputs = model(images)
-                losses = model.loss(outputs, targets)
-            total = losses["total"]
-            if not torch.isfinite(total):
-                raise RuntimeError(f"training diverged at epoch {epoch}, step {step} (loss {float(total)}); "
-                                   "lower the learning rate")
-            scaler.scale(total).backward()
-            if config.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
-                scheduler.step()
-            values = {k: float(v.detach()) for k, v in losses.items()}
-            for key, value in values.items():
-                epoch_losses.setdefault(key, []).append(value)
-            yield TrainStep(epoch, step, steps_per_epoch, values, optimizer.param_groups[0]["lr"])
-        if cancelled:
-            break
+                metrics, score = {}, -record["loss"]["total"]
+            record["metrics"] = metrics
+            is_best = score > best_metric
+            if is_best:
+                best_metric = score
+                save_weights(model, best_path, {"metrics": metrics, "epoch": epoch, "training": training_meta})
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(score)
+            record["best"] = is_best
+            history.append(record)
+            save_weights(model, out_dir / LAST_NAME, {"metrics": metrics, "epoch": epoch, "training": training_meta})
+            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else {},
+                     "rng": {"torch": torch.get_rng_state()}, "epoch": epoch, "best_metric": best_metric,
+                     "history": json.dumps(history)}
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            atomic_write_bytes(state_path, buffer.getvalue())
+            atomic_write_bytes(out_dir / HISTORY_NAME, json.dumps(history, indent=1).encode())
+            model.train()
+            yield Validation(epoch, metrics, is_best)
 
-        record: dict[str, Any] = {"epoch": epoch, "seconds": time.perf_counter() - started,
-                                  "loss": {k: float(np.mean(v)) for k, v in epoch_losses.items()}}
-        if val_samples:
-            metrics = yield from validation_metrics(model, val_samples, device=device, tile=config.val_tile,
-                                                    cancel=cancel)
-            score = metrics["pq"]
-        else:
-            metrics, score = {}, -record["loss"]["total"]
-        record["metrics"] = metrics
-        is_best = score > best_metric
-        if is_best:
-            best_metric = score
-            save_weights(model, best_path, {"metrics": metrics, "epoch": epoch, "training": training_meta})
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(score)
-        record["best"] = is_best
-        history.append(record)
-        save_weights(model, out_dir / LAST_NAME, {"metrics": metrics, "epoch": epoch, "training": training_meta})
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else {},
-                 "rng": _rng_state(rng), "epoch": epoch, "best_metric": best_metric,
-                 "history": json.dumps(history)}
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        atomic_write_bytes(state_path, buffer.getvalue())
-        atomic_write_bytes(out_dir / HISTORY_NAME, json.dumps(history, indent=1).encode())
-        model.train()
-        yield Validation(epoch, metrics, is_best)
-
-    return TrainResult(best_path if best_path.is_file() else None, best_metric, history, cancelled,
-                       out_dir / LAST_NAME if (out_dir / LAST_NAME).is_file() else None)
+        return TrainResult(best_path if best_path.is_file() else None, best_metric, history, cancelled,
+                           out_dir / LAST_NAME if (out_dir / LAST_NAME).is_file() else None)
+    finally:
+        batches.close()  # stops the worker processes, also after a cancel or an error
 
 
 def train(model: CellModel, train_samples, val_samples, config: TrainConfig, cancel=None, on_event=None) -> TrainResult:
