@@ -51,6 +51,26 @@ def test_geometric_warps_keep_labels_and_image_aligned(monuseg_crop, transform):
     assert abs((out_labels > 0).mean() - (labels > 0).mean()) < 0.1
 
 
+def test_fast_warps_equal_the_direct_scipy_versions(monuseg_crop):
+    """The elastic field as rows @ lattice @ columns.T and the scale as per-channel 2-D zooms give what a
+    2-D cubic zoom of the lattice and a 3-D zoom of the image give (the direct, slower forms)."""
+    from scipy import ndimage
+
+    from cellzoo.data.augment import _cubic_zoom_weights
+
+    rng = np.random.default_rng(5)
+    for grid, (height, width) in [(5, (160, 200)), (5, (416, 416)), (3, (97, 64))]:
+        lattice = rng.uniform(-10, 10, (grid, grid))
+        direct = ndimage.zoom(lattice, (height / grid, width / grid), order=3)[:height, :width]
+        fast = _cubic_zoom_weights(grid, height) @ lattice @ _cubic_zoom_weights(grid, width).T
+        np.testing.assert_allclose(fast, direct, atol=1e-10)
+    image, labels = monuseg_crop
+    out_image, _labels, _ = RandomScale(scale=(1.3, 1.3), p=1.0)(image, labels, None, np.random.default_rng(0))
+    zoom = (out_image.shape[0] / image.shape[0], out_image.shape[1] / image.shape[1], 1)
+    direct = np.clip(ndimage.zoom(image, zoom, order=1, grid_mode=True, mode="grid-mirror"), 0, 255)
+    np.testing.assert_array_equal(out_image, direct.astype(np.float32))
+
+
 def test_random_scale_changes_the_shape(monuseg_crop):
     image, labels = monuseg_crop
     out_image, out_labels, _ = RandomScale(scale=(1.5, 1.5), p=1.0)(image, labels, None, np.random.default_rng(0))

@@ -43,6 +43,11 @@ class FlipRot90:
         return _map_all(image, labels, classes, move, move)
 
 
+def _cubic_zoom_weights(n: int, size: int) -> np.ndarray:
+    """``size``×``n`` matrix W such that W @ v is ``ndimage.zoom(v, size / n, order=3)[:size]`` for any v."""
+    return ndimage.zoom(np.eye(n), (size / n, 1), order=3)[:size]
+
+
 @dataclass
 class Elastic:
     """Smooth random displacement: offsets up to ``amount`` px drawn on a ``grid``×``grid`` lattice and
@@ -57,9 +62,13 @@ class Elastic:
             return image, labels, classes
         height, width = labels.shape
         coarse = rng.uniform(-self.amount, self.amount, size=(2, self.grid, self.grid))
-        zoom = (height / self.grid, width / self.grid)
-        dy = ndimage.zoom(coarse[0], zoom, order=3)[:height, :width]
-        dx = ndimage.zoom(coarse[1], zoom, order=3)[:height, :width]
+        # the cubic-spline zoom of the lattice, done as rows @ lattice @ columns.T: the spline is a tensor
+        # product, so this equals ndimage.zoom(lattice, order=3) (to 1e-14) at ~1/20 of its cost, which
+        # was the largest part of making a training batch
+        rows = _cubic_zoom_weights(self.grid, height)
+        cols = _cubic_zoom_weights(self.grid, width)
+        dy = rows @ coarse[0] @ cols.T
+        dx = rows @ coarse[1] @ cols.T
         yy, xx = np.meshgrid(np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32),
                              indexing="ij")
         coords = np.stack([yy + dy, xx + dx])
@@ -138,8 +147,11 @@ class RandomScale:
         zoom = (shape[0] / height, shape[1] / width)
 
         def scale_image(a):
-            return np.clip(ndimage.zoom(a, zoom + (1,), order=1, grid_mode=True, mode="grid-mirror"),
-                           0, 255).astype(np.float32)
+            # one 2-D zoom per channel: the same values as a 3-D zoom with factor 1 on the channel axis,
+            # at half its cost (that one interpolates over 8 neighbours instead of 4)
+            planes = [ndimage.zoom(a[..., c], zoom, order=1, grid_mode=True, mode="grid-mirror")
+                      for c in range(a.shape[2])]
+            return np.clip(np.stack(planes, axis=-1), 0, 255).astype(np.float32)
 
         def scale_label(a):
             return ndimage.zoom(a, zoom, order=0, grid_mode=True, mode="grid-mirror").astype(a.dtype)
