@@ -235,9 +235,10 @@ def _unchanged(batch):
     return batch
 
 
-def _batches(maker: _BatchMaker, epochs: range, steps_per_epoch: int, num_workers: int):
+def _batches(maker: _BatchMaker, epochs: range, steps_per_epoch: int, num_workers: int, pin_memory: bool = False):
     """Yield ((epoch, step), batch) in order; with ``num_workers`` > 0 the batches are made by that many
-    processes (2 batches ahead each), so augmentation and targets overlap the model's steps."""
+    processes (2 batches ahead each), so augmentation and targets overlap the model's steps; ``pin_memory``
+    (CUDA) lets the copies to the GPU run asynchronously."""
     order = [(epoch, step) for epoch in epochs for step in range(1, steps_per_epoch + 1)]
     if num_workers <= 0:
         for key in order:
@@ -245,7 +246,7 @@ def _batches(maker: _BatchMaker, epochs: range, steps_per_epoch: int, num_worker
         return
     loader = torch.utils.data.DataLoader(_StepBatches(maker), batch_size=None, sampler=order,
                                          num_workers=num_workers, collate_fn=_unchanged,
-                                         worker_init_fn=_one_thread_per_worker)
+                                         worker_init_fn=_one_thread_per_worker, pin_memory=pin_memory)
     yield from zip(order, loader)
 
 
@@ -322,7 +323,8 @@ def train_iter(model: CellModel, train_samples: Iterable[Sample], val_samples: I
                      "train_images": [s.name for s in train_samples][:1000],
                      "val_images": [s.name for s in val_samples][:1000]}
     cancelled = False
-    batches = _batches(make_batch, range(start_epoch, config.epochs + 1), steps_per_epoch, config.num_workers)
+    batches = _batches(make_batch, range(start_epoch, config.epochs + 1), steps_per_epoch, config.num_workers,
+                       pin_memory=device.type == "cuda")
     try:
         for epoch in range(start_epoch, config.epochs + 1):
             model.train()
