@@ -108,6 +108,19 @@ def score(model, dataset, amp, class_names=None) -> tuple[dict, float]:
     return result.summary, seconds
 
 
+def _deploy_model(path: Path):
+    """(re-parameterised RepSNet, metadata) of a trainer or finished checkpoint."""
+    trained, meta = load_weights(path)
+    # train_defaults.py trains with align_corners=False; runs made before it did (authors' True, random 256²
+    # crops, so the network saw every sub-pixel offset within ±0.25 coarse px) are switched to False, which
+    # is inside that range and, unlike True, makes tiled and whole-image passes agree.
+    config = trained.config_dict()
+    config["align_corners"] = False
+    model = build_model("repsnet", config)
+    model.load_state_dict(trained.state_dict())
+    return model.reparameterize(), meta
+
+
 def _device_text(machine: str) -> str:
     if machine.endswith("CPU"):
         return f"{machine} (2-core AMD EPYC, AVX512-BF16), bf16 autocast"
@@ -122,7 +135,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=322)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--checkpoint", default="best.safetensors",
-                        help="which file of the run to finish (best by validation PQ, or last)")
+                        help="which file of the run to finish (best by validation PQ, or last); several, comma-"
+                             "separated: each is tuned and the one with the best validation objective is finished")
+    parser.add_argument("--keep-better-embedded", action=argparse.BooleanOptionalAction, default=True,
+                        help="tune the model now embedded under --name the same way and write nothing when it "
+                             "scores at least as well on validation (default)")
     parser.add_argument("--object-area", type=float, default=None,
                         help="the run was trained with train_defaults.py --object-area A: tune the thresholds on "
                              "validation images resized the same way (the size scale 'auto' brings images to)")
@@ -138,15 +155,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     run = Path(args.run)
-    trained, meta = load_weights(run / args.checkpoint)
-    # train_defaults.py trains with align_corners=False; runs made before it did (authors' True, random 256²
-    # crops, so the network saw every sub-pixel offset within ±0.25 coarse px) are switched to False, which
-    # is inside that range and, unlike True, makes tiled and whole-image passes agree.
-    config = trained.config_dict()
-    config["align_corners"] = False
-    model = build_model("repsnet", config)
-    model.load_state_dict(trained.state_dict())
-    model.reparameterize()
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
     history = json.loads((run / "history.json").read_text())
 
@@ -158,7 +166,21 @@ def main(argv=None) -> int:
     if args.object_area:
         val = train_defaults.at_object_area(val, args.object_area)
         data_name += f", each image resized to a median nucleus area of {args.object_area:g} px"
-    params, val_score = tune(model, val)
+    tuned = []
+    for checkpoint in [c.strip() for c in args.checkpoint.split(",") if c.strip()]:
+        candidate, candidate_meta = _deploy_model(run / checkpoint)
+        candidate_params, candidate_score = tune(candidate, val)
+        print(f"{checkpoint}: {candidate_params} (validation objective {candidate_score:.4f})", flush=True)
+        tuned.append((candidate_score, checkpoint, candidate, candidate_meta, candidate_params))
+    val_score, args.checkpoint, model, meta, params = max(tuned, key=lambda t: t[0])
+    embedded = EMBEDDED_DIR / f"{args.name}.safetensors"
+    if args.keep_better_embedded and embedded.is_file():
+        _params, embedded_score = tune(_deploy_model(embedded)[0], val)
+        print(f"now embedded: validation objective {embedded_score:.4f}", flush=True)
+        if embedded_score >= val_score:
+            print(f"{embedded} scores at least as well on validation ({embedded_score:.4f} vs {val_score:.4f} for "
+                  f"{run / args.checkpoint}): nothing written", flush=True)
+            return 0
     for key, value in params.items():
         setattr(model.config, key, value)
     print(f"tuned on {len(val)} validation images: {params} (mean of AJI and PQ {val_score:.3f})", flush=True)
