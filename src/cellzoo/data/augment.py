@@ -63,8 +63,8 @@ class Elastic:
         height, width = labels.shape
         coarse = rng.uniform(-self.amount, self.amount, size=(2, self.grid, self.grid))
         # the cubic-spline zoom of the lattice, done as rows @ lattice @ columns.T: the spline is a tensor
-        # product, so this equals ndimage.zoom(lattice, order=3) (to 1e-14) at ~1/20 of its cost, which
-        # was the largest part of making a training batch
+        # product, so this equals ndimage.zoom(lattice, order=3) (to 1e-14) at ~1/13 of its cost (416²: 8 vs
+        # 99 ms on a shared core)
         rows = _cubic_zoom_weights(self.grid, height)
         cols = _cubic_zoom_weights(self.grid, width)
         dy = rows @ coarse[0] @ cols.T

@@ -445,7 +445,6 @@ def repsnet_postprocess(nucleus_prob: np.ndarray, sqrt_distances: np.ndarray, ty
     are whole isolated objects, unlike the pieces the boundary split leaves behind, so small nuclei
     (fluorescence) can be kept by a lower bound here without keeping those fragments."""
     recover_min_size = min_size if recover_min_size is None else recover_min_size
-    h, w = nucleus_prob.shape
     foreground = nucleus_prob > foreground_threshold
     helper = _helper_thread()
     boundary = boundary_votes(sqrt_distances, foreground, executor=helper) >= boundary_threshold

@@ -334,9 +334,9 @@ def train_iter(model: CellModel, train_samples: Iterable[Sample], val_samples: I
                 if cancel is not None and cancel.cancelled:
                     cancelled = True
                     break
-                key, batch = next(batches)
-                if key != (epoch, step):  # the loader keeps its sampler's order; anything else is a bug
-                    raise RuntimeError(f"batch {key} arrived for epoch {epoch}, step {step}")
+                batch_key, batch = next(batches)
+                if batch_key != (epoch, step):  # the loader keeps its sampler's order; anything else is a bug
+                    raise RuntimeError(f"batch {batch_key} arrived for epoch {epoch}, step {step}")
                 optimizer.zero_grad(set_to_none=True)
                 if model.kind == "detection":
                     losses = _detection_losses(model, batch, device, amp_dtype)
