@@ -123,6 +123,9 @@ def main(argv=None) -> int:
                         help="with --scheduler cosine the learning rate reaches 0 after this many epochs")
     parser.add_argument("--init", default=None, metavar="FILE.safetensors",
                         help="continue from these weights (e.g. an embedded model) instead of random ones")
+    parser.add_argument("--widen", default=None, metavar="F1,F2,...",
+                        help="with --init (a re-parameterised model): continue from the same function with these "
+                             "wider levels (function-preserving widening, models.repsnet.widen_repsnet)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (AMP is used on CUDA)")
     parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes (GPU runs)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU (faster where supported)")
@@ -153,6 +156,13 @@ def main(argv=None) -> int:
 
         # a deploy-form (re-parameterised) model trains as a plain conv net: fine for continuing a run
         model = load_weights(args.init)[0].train()
+        if args.widen:
+            from cellzoo.models.repsnet import widen_repsnet
+
+            filters = tuple(int(f) for f in args.widen.split(","))
+            model = widen_repsnet(model, filters, seed=args.seed).train()
+    elif args.widen:
+        parser.error("--widen needs --init (the trained model to widen)")
     config = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                          lr=args.lr, crop=args.crop, augment=augment, oversample_rare=args.which == "he",
                          seed=args.seed if args.train_seed is None else args.train_seed, out_dir=args.out,

@@ -11,7 +11,8 @@ from skimage import io
 from torch import nn
 
 from cellzoo.models import build_model
-from cellzoo.models.repsnet import UNKNOWN_TYPE, RepSNet, RepSNetConfig, boundary_votes, distance_targets
+from cellzoo.models.repsnet import (UNKNOWN_TYPE, RepSNet, RepSNetConfig, boundary_votes, distance_targets,
+                                    widen_repsnet)
 
 TINY = (8, 16, 32, 64)
 
@@ -528,3 +529,61 @@ def test_recovered_components_have_their_own_size_filter():
     assert model.postprocess(maps, recover_min_size=int((labels == 2).sum())).labels.max() == 1
     model.config.recover_min_size = 16  # a model's own default, as finalize_default.py stores it
     np.testing.assert_array_equal(model.postprocess(maps).labels, kept)
+
+
+@pytest.mark.parametrize("variant, filters, wider, input_stride",
+                         [("S", TINY, (12, 20, 40, 64), 2), ("L", (8, 16, 24, 32, 48), (8, 24, 24, 40, 96), 1)])
+def test_widened_model_computes_the_same_maps(variant, filters, wider, input_stride):
+    g = torch.Generator().manual_seed(5)
+    model = build_model("repsnet", {"variant": variant, "filters": filters, "num_classes": 5,
+                                    "input_stride": input_stride})
+    for p in model.parameters():
+        p.data.normal_(0, 0.3, generator=g) if p.dim() > 1 else None
+    _randomise_bn(model, g)
+    model.eval().reparameterize()
+    x = torch.rand(2, 3, 64 * input_stride, 48 * input_stride, generator=g) * 255
+    wide = widen_repsnet(model, wider, noise=0.0).eval()
+    assert wide.config.filters == wider and wide.config.deploy
+    assert sum(p.numel() for p in wide.parameters()) > sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        before, after = model(x), wide(x)
+    for name in before:
+        rel = (before[name] - after[name]).norm() / before[name].norm()
+        assert rel < 1e-5, (name, float(rel))
+        assert before[name].abs().max() > 0.01
+    # with noise the copies differ from their sources (or training could never tell them apart) ...
+    noisy = widen_repsnet(model, wider, noise=0.05, seed=1)
+    first = noisy.encoder.downsample_1[0].conv_reparam.weight if variant == "S" else \
+        noisy.encoder.downsample_0[0].conv_reparam.weight
+    old = filters[0]
+    copies = first[old:]
+    assert not any(torch.equal(copies[k], first[j]) for k in range(len(copies)) for j in range(old))
+    # ... while the maps stay close to the model's
+    with torch.no_grad():
+        jittered = noisy.eval()(x)
+    for name in before:
+        assert (before[name] - jittered[name]).norm() / before[name].norm() < 0.2
+
+
+def test_widening_a_trained_model_keeps_its_segmentation(shared_data):
+    from cellzoo.infer import segment
+    from cellzoo.metrics.instance import aji
+    from cellzoo.zoo.weights import load_weights
+
+    model = load_weights(Path(__file__).parents[2] / "src/cellzoo/zoo/embedded/cellzoo-fluo.safetensors")[0]
+    image = io.imread(next(iter(sorted((shared_data / "dsb2018/test/images").glob("*.tif")))))
+    wide = widen_repsnet(model, (24, 40, 64, 160), noise=0.0)
+    a = segment(model, image, amp=False, device="cpu", scale=1.0).labels
+    b = segment(wide, image, amp=False, device="cpu", scale=1.0).labels
+    assert a.max() > 5 and aji(a, b) > 0.999
+
+
+def test_widening_refuses_what_it_cannot_do():
+    model = build_model("repsnet", {"variant": "S", "filters": TINY, "num_classes": 2})
+    with pytest.raises(ValueError, match="reparameterize"):
+        widen_repsnet(model, (16, 32, 48, 64))
+    model.reparameterize()
+    with pytest.raises(ValueError, match="at least"):
+        widen_repsnet(model, tuple(f - 1 for f in TINY))
+    with pytest.raises(ValueError, match="levels"):
+        widen_repsnet(model, TINY[:-1])

@@ -31,7 +31,8 @@ from ._dense_common import (LRUD, attach_to_nearest, check_label_map, class_name
                             focal_loss, fold_bn, soft_dice_loss)
 from .base import CellModel
 
-__all__ = ["RepSNetConfig", "RepSNet", "RepVggUnit", "RepUpsample", "distance_targets", "boundary_votes"]
+__all__ = ["RepSNetConfig", "RepSNet", "RepVggUnit", "RepUpsample", "distance_targets", "boundary_votes",
+           "widen_repsnet"]
 
 DEFAULT_FILTERS = {"S": (64, 128, 256, 512), "L": (96, 192, 384, 768, 1536)}
 
@@ -764,3 +765,101 @@ class RepSNet(CellModel):
         # never had a gradient and did not train the published model
         terms["total"] = sum(wts[k] * v for k, v in terms.items())
         return terms
+
+
+# ----------------------------------------------------------------------------- growing a trained model
+
+
+def widen_repsnet(model: RepSNet, filters: tuple[int, ...], noise: float = 0.01, seed: int = 0) -> RepSNet:
+    """A copy of a re-parameterised (deploy-form) RepSNet with more channels per level that computes the
+    same maps, to continue training a model whose narrow widths limit it (function-preserving widening,
+    Chen et al., "Net2Net", ICLR 2016).
+
+    Each new channel of a level copies a randomly chosen old channel of that level (its incoming kernel and
+    bias); every layer reading that level then divides its weights of the copied channel among the copies,
+    so sums are unchanged. The skip concatenations, the bilinear branch of the upsampling (channel j + its
+    own copy) and the heads follow the same per-level map. ``noise``: relative Gaussian noise on the new
+    channels' incoming kernels (std × ``noise``), without which copies get equal gradients and never part;
+    0 gives exactly the old outputs (tested). Hand-written: torch has no model-surgery helper for this.
+    """
+    c = model.config
+    if not c.deploy or not all(m.deployed for m in model.modules() if isinstance(m, (RepVggUnit, RepUpsample))):
+        raise ValueError("widen_repsnet needs a re-parameterised model: call model.reparameterize() first")
+    filters = tuple(int(f) for f in filters)
+    if len(filters) != len(c.filters) or any(new < old for new, old in zip(filters, c.filters)):
+        raise ValueError(f"filters {filters} must have {len(c.filters)} levels, each at least the model's "
+                         f"{tuple(c.filters)}")
+    rng = np.random.default_rng(seed)
+    # per level: source channel of every new channel, and how many copies each old channel has
+    sources = [np.concatenate([np.arange(old), rng.integers(0, old, new - old)])
+               for old, new in zip(c.filters, filters)]
+    copies = [np.bincount(s, minlength=old).astype(np.float32) for s, old in zip(sources, c.filters)]
+    image_channels = c.in_channels * c.input_stride ** 2
+    identity = (np.arange(image_channels), np.ones(image_channels, np.float32))
+
+    wide = type(model)(RepSNetConfig(**{**c.__dict__, "filters": filters}))
+    generator = torch.Generator().manual_seed(seed)
+
+    def spread(weight: torch.Tensor, out_map, in_map, out_dim: int = 0) -> torch.Tensor:
+        """``weight`` re-indexed to the wide channels: rows (``out_dim``) by source, the input dimension by
+        source divided by the number of copies."""
+        in_dim = 1 - out_dim
+        in_src, in_copies = in_map
+        index = [slice(None)] * weight.dim()
+        index[in_dim] = torch.as_tensor(in_src)
+        w = weight[tuple(index)]
+        shape = [1] * weight.dim()
+        shape[in_dim] = -1
+        w = w / torch.as_tensor(in_copies[in_src]).reshape(shape)
+        if out_map is not None:
+            index = [slice(None)] * weight.dim()
+            index[out_dim] = torch.as_tensor(out_map)
+            w = w[tuple(index)].clone()
+            new = torch.as_tensor(np.arange(len(out_map)) >= weight.shape[out_dim])
+            if noise > 0 and bool(new.any()):
+                jitter = torch.randn(w.shape, generator=generator) * weight.std() * noise
+                mask = new.reshape([-1 if d == out_dim else 1 for d in range(weight.dim())])
+                w = w + jitter * mask
+        return w
+
+    def level(i: int):
+        return sources[i], copies[i]
+
+    def cat(a, b, offset: int):
+        return np.concatenate([a[0], b[0] + offset]), np.concatenate([a[1], b[1]])
+
+    new_state = {}
+    with torch.no_grad():
+        def put(prefix: str, weight: torch.Tensor, bias: torch.Tensor | None, out_src, in_map, out_dim=0):
+            new_state[f"{prefix}.weight"] = spread(weight, out_src, in_map, out_dim)
+            if bias is not None:
+                new_state[f"{prefix}.bias"] = bias[torch.as_tensor(out_src)] if out_src is not None else bias.clone()
+
+        encoder_names = model.encoder.names
+        for i, stage_name in enumerate(encoder_names):
+            stage = getattr(model.encoder, stage_name)
+            for k, unit in enumerate(stage):
+                in_map = (identity if i == 0 else level(i - 1)) if k == 0 else level(i)
+                conv = unit.conv_reparam
+                put(f"encoder.{stage_name}.{k}.conv_reparam", conv.weight, conv.bias, sources[i], in_map)
+        top = len(c.filters) - 1
+        for decoder in ("decoder1", "decoder2"):
+            dec = getattr(model, decoder)
+            for j in range(1, dec.steps + 1):
+                deep, skip = top - j + 1, top - j
+                up = getattr(dec, f"upsample_{j}").dconv_reparam  # weight [in, out, k, k]
+                put(f"{decoder}.upsample_{j}.dconv_reparam", up.weight, up.bias, sources[deep], level(deep),
+                    out_dim=1)
+                unit = getattr(dec, f"up_repvgg_{j}").conv_reparam
+                put(f"{decoder}.up_repvgg_{j}.conv_reparam", unit.weight, unit.bias, sources[skip],
+                    cat(level(deep), level(skip), c.filters[deep]))
+        for head in ("nucleus_map", "boundary_distance_map", "type_map"):
+            if hasattr(model, head):
+                conv = getattr(model, head)[0]
+                put(f"{head}.0", conv.weight, conv.bias, None, level(0))
+    missing = set(wide.state_dict()) - set(new_state)
+    if missing:  # pragma: no cover - a layer this function does not know about
+        raise RuntimeError(f"widen_repsnet does not handle {sorted(missing)}")
+    wide.load_state_dict(new_state)
+    wide.metadata = dict(getattr(model, "metadata", None) or {})
+    return wide.train(model.training)
