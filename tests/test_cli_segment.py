@@ -81,7 +81,7 @@ def test_scale_option_resizes_and_keeps_the_image_size(tmp_path, model_file, sha
     labels = tifffile.imread(tmp_path / f"{image.stem}_instances.tif")
     assert labels.shape == tifffile.imread(image).shape[:2] and labels.max() > 0
     assert main(["segment", str(image), "--model", str(model_file), "--scale", "twice"]) == 2
-    assert "scale must be a positive number or 'auto'" in capsys.readouterr().err
+    assert "is not a number: give a resize factor" in capsys.readouterr().err
     assert main(["segment", str(image), "--model", str(model_file), "--scale", "auto"]) == 2
     assert "object_area" in capsys.readouterr().err  # this model declares no object size
 

@@ -98,7 +98,7 @@ def test_scale_segments_the_resized_image_and_returns_labels_at_its_size(small_r
     expected = resize(direct.labels, dsb_gray.shape, order=0, preserve_range=True, anti_aliasing=False)
     assert double.count > 10
     np.testing.assert_array_equal(double.labels, expected)
-    with pytest.raises(ValueError, match="positive number or 'auto'"):
+    with pytest.raises(ValueError, match="'large' is not a number"):
         segment(small_repsnet, dsb_gray, scale="large")
     with pytest.raises(ValueError, match="between 0.05 and 20"):
         segment(small_repsnet, dsb_gray, scale=0)

@@ -365,16 +365,11 @@ class SegmentWidget(QWidget):
         if tile and tile < 64:
             reason = f"A tile of {tile} px is too small; use at least 64 px or auto."
         valid &= mark_field(self.tile_spin, reason)
-        reason = None
+        from cellzoo.infer.engine import scale_factor_problem  # torch: imported when the widget validates
+
         scale = self.scale_value()
-        if scale not in (None, "auto"):
-            try:
-                value = float(scale)
-                if not 0.05 <= value <= 20:
-                    reason = f"A scale of {value:g} is out of range; use a factor between 0.05 and 20, or auto."
-            except ValueError:
-                reason = f"Scale {scale!r} is not a number; type a factor such as 0.5 or 2, or pick auto."
-        valid &= mark_field(self.scale_combo, reason)
+        reason = None if scale in (None, "auto") else scale_factor_problem(scale)
+        valid &= mark_field(self.scale_combo, reason and reason[0].upper() + reason[1:] + ".")
 
         defaults = self._default_params(name) if name else {}
         for key, field in self._param_fields.items():

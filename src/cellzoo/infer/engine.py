@@ -232,6 +232,23 @@ def segment_iter(model: CellModel | str, image, *, tile: int | None = None, batc
 AUTO_SCALE_MIN_OBJECTS = 5
 
 
+#: the resize factors ``scale`` accepts (beyond them an image becomes a few pixels or a huge one)
+SCALE_LIMITS = (0.05, 20.0)
+
+
+def scale_factor_problem(scale: float | str) -> str | None:
+    """What is wrong with a numeric ``scale`` (a number or its text), said for the user; None when it is a
+    usable factor. "auto" is checked against the model by :func:`resolve_scale`."""
+    low, high = SCALE_LIMITS
+    try:
+        value = float(scale.strip() if isinstance(scale, str) else scale)
+    except (TypeError, ValueError):
+        return f"scale {scale!r} is not a number: give a resize factor such as 0.5 or 2, or auto"
+    if not math.isfinite(value) or not low <= value <= high:
+        return f"scale {value:g} is out of range: give a resize factor between {low:g} and {high:g}, or auto"
+    return None
+
+
 def resolve_scale(model: CellModel, scale: float | str | None) -> float | str:
     """A positive factor or "auto" (checked against what the model declares)."""
     metadata = getattr(model, "metadata", None) or {}
@@ -240,10 +257,10 @@ def resolve_scale(model: CellModel, scale: float | str | None) -> float | str:
     if isinstance(scale, str):
         text = scale.strip().lower()
         if text != "auto":
-            try:
-                scale = float(text)
-            except ValueError:
-                raise ValueError(f"scale must be a positive number or 'auto'; got {scale!r}") from None
+            problem = scale_factor_problem(text)
+            if problem:
+                raise ValueError(problem)
+            scale = float(text)
         else:
             if not metadata.get("object_area"):
                 raise ValueError(f"scale 'auto' needs the model to declare the object size it segments best "
@@ -251,10 +268,10 @@ def resolve_scale(model: CellModel, scale: float | str | None) -> float | str:
                                  "not; give the factor as a number instead (e.g. 0.5 when the nuclei are "
                                  "twice as large as in the model's training images)")
             return "auto"
-    scale = float(scale)
-    if not math.isfinite(scale) or not 0.05 <= scale <= 20:
-        raise ValueError(f"scale must be between 0.05 and 20 (a resize factor for the image); got {scale}")
-    return scale
+    problem = scale_factor_problem(scale)
+    if problem:
+        raise ValueError(problem)
+    return float(scale)
 
 
 def auto_scale_factor(model: CellModel, labels: np.ndarray) -> float | None:
