@@ -224,7 +224,12 @@ def main(argv=None) -> int:
         # a continued run: keep the earlier training's record next to this one
         from cellzoo.zoo.weights import read_metadata
 
-        earlier = read_metadata(args.earlier_record or summary["init"]).get("training", {})
+        init_meta = read_metadata(args.earlier_record or summary["init"])
+        earlier = init_meta.get("training", {})
+        init_filters = list(init_meta.get("config", {}).get("filters") or [])
+        if init_filters and summary.get("filters") and init_filters != list(summary["filters"]):
+            # train_defaults.py --widen: the run continued the earlier model's function at wider levels
+            training["widened_from"] = init_filters
         # finishing the same run twice: the init file may be this run's own earlier output (an embedded model
         # continued in place), whose record already describes this run; step back to what came before it
         while earlier.get("minutes") == training["minutes"] and "continued_from" in earlier:
