@@ -829,14 +829,14 @@ def widen_repsnet(model: RepSNet, filters: tuple[int, ...], noise: float = 0.01,
         return np.concatenate([a[0], b[0] + offset]), np.concatenate([a[1], b[1]])
 
     new_state = {}
-    with torch.no_grad():
-        def put(prefix: str, weight: torch.Tensor, bias: torch.Tensor | None, out_src, in_map, out_dim=0):
-            new_state[f"{prefix}.weight"] = spread(weight, out_src, in_map, out_dim)
-            if bias is not None:
-                new_state[f"{prefix}.bias"] = bias[torch.as_tensor(out_src)] if out_src is not None else bias.clone()
 
-        encoder_names = model.encoder.names
-        for i, stage_name in enumerate(encoder_names):
+    def put(prefix: str, weight: torch.Tensor, bias: torch.Tensor | None, out_src, in_map, out_dim=0):
+        new_state[f"{prefix}.weight"] = spread(weight, out_src, in_map, out_dim)
+        if bias is not None:
+            new_state[f"{prefix}.bias"] = bias[torch.as_tensor(out_src)] if out_src is not None else bias.clone()
+
+    with torch.no_grad():
+        for i, stage_name in enumerate(model.encoder.names):
             stage = getattr(model.encoder, stage_name)
             for k, unit in enumerate(stage):
                 in_map = (identity if i == 0 else level(i - 1)) if k == 0 else level(i)
