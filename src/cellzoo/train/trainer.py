@@ -254,8 +254,6 @@ def _one_thread_per_worker(_worker_id: int) -> None:
     torch.set_num_threads(1)  # the workers are the parallelism; more threads each would oversubscribe the cores
 
 
-
-
 def train_iter(model: CellModel, train_samples: Iterable[Sample], val_samples: Iterable[Sample] | None,
                config: TrainConfig, cancel: CancelToken | None = None) -> Generator[Any, None, TrainResult]:
     """Train ``model`` in place. Yields :class:`TrainStep` per step, :class:`Validation` per epoch and
