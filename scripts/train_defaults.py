@@ -105,7 +105,9 @@ def main(argv=None) -> int:
     parser.add_argument("which", choices=["he", "fluo"])
     parser.add_argument("--out", required=True)
     parser.add_argument("--minutes", type=float, default=60.0)
-    parser.add_argument("--filters", default="16,32,64,128")
+    parser.add_argument("--filters", default=None,
+                        help="level widths of a new model (default 16,32,64,128); a run with --init keeps the "
+                             "widths of its weights (widen them with --widen)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--crop", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -135,7 +137,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    filters = tuple(int(f) for f in args.filters.split(","))
+    if args.init and args.filters:
+        parser.error("--filters has no effect with --init (the model keeps the widths of its weights); "
+                     "use --widen F1,F2,.. to continue it at wider levels")
+    filters = tuple(int(f) for f in (args.filters or "16,32,64,128").split(","))
     if args.which == "he":
         train, val, data_name = he_data(args.seed)
         model = build_model("repsnet", {"variant": "S", "filters": filters, "num_classes": 5,
@@ -159,8 +164,8 @@ def main(argv=None) -> int:
         if args.widen:
             from cellzoo.models.repsnet import widen_repsnet
 
-            filters = tuple(int(f) for f in args.widen.split(","))
-            model = widen_repsnet(model, filters, seed=args.seed).train()
+            model = widen_repsnet(model, tuple(int(f) for f in args.widen.split(",")), seed=args.seed).train()
+        filters = tuple(model.config.filters)  # what the run trains (and its summary records)
     elif args.widen:
         parser.error("--widen needs --init (the trained model to widen)")
     config = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
