@@ -45,9 +45,11 @@ def test_continuations_record_the_widths_they_trained(train_defaults, tmp_path, 
 
 def test_widths_given_beside_init_weights_are_refused(train_defaults, tmp_path, capsys):
     init = EMBEDDED_DIR / "cellzoo-fluo.safetensors"
+    # the tiny budget keeps a regression (a run instead of the refusal) to seconds
     with pytest.raises(SystemExit):
-        train_defaults.main(["fluo", "--init", str(init), "--filters", "32,64,128,256", "--out", str(tmp_path)])
+        train_defaults.main(["fluo", "--init", str(init), "--filters", "32,64,128,256", *TINY,
+                             "--out", str(tmp_path)])
     assert "--filters has no effect with --init" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        train_defaults.main(["fluo", "--widen", "32,64,128,256", "--out", str(tmp_path)])
+        train_defaults.main(["fluo", "--widen", "32,64,128,256", *TINY, "--out", str(tmp_path)])
     assert "--widen needs --init" in capsys.readouterr().err
