@@ -140,18 +140,15 @@ def main(argv=None) -> int:
     if args.init and args.filters:
         parser.error("--filters has no effect with --init (the model keeps the widths of its weights); "
                      "use --widen F1,F2,.. to continue it at wider levels")
-    filters = tuple(int(f) for f in (args.filters or "16,32,64,128").split(","))
+    if args.widen and not args.init:
+        parser.error("--widen needs --init (the trained model to widen)")
     if args.which == "he":
         train, val, data_name = he_data(args.seed)
-        model = build_model("repsnet", {"variant": "S", "filters": filters, "num_classes": 5,
-                                        "class_names": CONSEP_CLASSES, "boundary_threshold": 4,
-                                        "align_corners": False, "input_stride": args.input_stride})
+        heads = {"num_classes": 5, "class_names": CONSEP_CLASSES, "boundary_threshold": 4}
         augment = "default"
     else:
         train, val, data_name = fluo_data(args.seed)
-        model = build_model("repsnet", {"variant": "S", "filters": filters, "num_classes": 2,
-                                        "class_names": ("background", "nucleus"), "boundary_threshold": 5,
-                                        "align_corners": False, "input_stride": args.input_stride})
+        heads = {"num_classes": 2, "class_names": ("background", "nucleus"), "boundary_threshold": 5}
         augment = "fluorescence"
     if args.object_area:
         train, val = at_object_area(train, args.object_area), at_object_area(val, args.object_area)
@@ -165,9 +162,11 @@ def main(argv=None) -> int:
             from cellzoo.models.repsnet import widen_repsnet
 
             model = widen_repsnet(model, tuple(int(f) for f in args.widen.split(",")), seed=args.seed).train()
-        filters = tuple(model.config.filters)  # what the run trains (and its summary records)
-    elif args.widen:
-        parser.error("--widen needs --init (the trained model to widen)")
+    else:
+        model = build_model("repsnet", {"variant": "S", **heads, "align_corners": False,
+                                        "input_stride": args.input_stride,
+                                        "filters": tuple(int(f) for f in (args.filters or "16,32,64,128").split(","))})
+    filters = tuple(model.config.filters)  # what the run trains (and its summary records)
     config = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                          lr=args.lr, crop=args.crop, augment=augment, oversample_rare=args.which == "he",
                          seed=args.seed if args.train_seed is None else args.train_seed, out_dir=args.out,

@@ -255,19 +255,15 @@ def resolve_scale(model: CellModel, scale: float | str | None) -> float | str:
     if scale is None:
         scale = metadata.get("default_scale", 1.0)
     if isinstance(scale, str):
-        text = scale.strip().lower()
-        if text != "auto":
-            problem = scale_factor_problem(text)
-            if problem:
-                raise ValueError(problem)
-            scale = float(text)
-        else:
-            if not metadata.get("object_area"):
-                raise ValueError(f"scale 'auto' needs the model to declare the object size it segments best "
-                                 f"(metadata 'object_area'), and {metadata.get('name') or model.family} does "
-                                 "not; give the factor as a number instead (e.g. 0.5 when the nuclei are "
-                                 "twice as large as in the model's training images)")
-            return "auto"
+        scale = scale.strip().lower()
+    if scale == "auto":
+        if not metadata.get("object_area"):
+            raise ValueError(f"scale 'auto' needs the model to declare the object size it segments best "
+                             f"(metadata 'object_area'), and {metadata.get('name') or model.family} does "
+                             "not; give the factor as a number instead (e.g. 0.5 when the nuclei are "
+                             "twice as large as in the model's training images)")
+        return "auto"
+    # a number or its text; scale_factor_problem says what is wrong with anything else
     problem = scale_factor_problem(scale)
     if problem:
         raise ValueError(problem)
