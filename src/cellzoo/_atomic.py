@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Iterator
 
@@ -17,9 +17,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _new_temporary(path)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
@@ -28,6 +26,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _new_temporary(path: Path) -> Path:
+    """Create an empty, exclusive temporary file next to ``path``.
+
+    Not ``tempfile.mkstemp``: it creates mode 0600 whatever the umask, so results written for a shared
+    folder were unreadable by colleagues. ``os.open(..., 0o666)`` lets the user's umask decide, as any
+    ordinary file creation does.
+    """
+    for _ in range(100):
+        candidate = path.parent / f".{path.name}.{secrets.token_hex(4)}.part"
+        try:
+            fd = os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return candidate
+    raise FileExistsError(f"could not create a temporary file next to {path}")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
