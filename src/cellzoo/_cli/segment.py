@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..infer.device import DEVICE_CHOICES
+from .._names import DEVICE_CHOICES
 
 FLUO_MODEL = "cellzoo-fluo"
 

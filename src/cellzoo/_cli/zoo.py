@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..models import FAMILIES
+from .._names import FAMILIES
 
 
 def add_arguments(parser):

@@ -6,7 +6,7 @@ import functools
 
 import torch
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+from .._names import DEVICE_CHOICES
 
 
 def select_device(name: str | torch.device | None = "auto") -> tuple[torch.device, str]:

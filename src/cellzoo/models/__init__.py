@@ -3,15 +3,8 @@ from __future__ import annotations
 
 import importlib
 
+from .._names import FAMILIES  # family name -> "module:Class"
 from .base import CellModel
-
-#: family name -> "module:Class"
-FAMILIES: dict[str, str] = {
-    "repsnet": "cellzoo.models.repsnet:RepSNet",
-    "fullnet": "cellzoo.models.fullnet:FullNet",
-    "cascade": "cellzoo.models.cascade:CascadeMaskRCNN",
-    "scts": "cellzoo.models.scts:SCTS",
-}
 
 
 def family_class(family: str) -> type[CellModel]:

@@ -10,14 +10,28 @@ Public API::
     convert_checkpoint(path_or_state, family=None) -> (state_dict, config)
     export_model(name_or_model, fmt, out)     # "torchscript" | "onnx", dense families
 """
-from .catalog import default_model_name, fetch, get_model_info, list_models, model_status, register_model, user_models
-from .converters import convert_checkpoint, detect_family, unwrap_state_dict
-from .downloads import FetchError, GoogleDriveDownloader, cache_dir
-from .loading import load_model, model_from_checkpoint
-from .locations import user_model_dir
-from .registry import STATUSES, ModelInfo, load_registry
-from .safe_load import safe_torch_load
-from .weights import load_weights, read_metadata, save_weights
+import importlib
+
+# Imported lazily (PEP 562): the CLI's parser and `cellzoo zoo list` read the catalogue without torch,
+# which the converters, loaders and weights modules import.
+_LAZY = {
+    "catalog": ("default_model_name", "fetch", "get_model_info", "list_models", "model_status", "register_model",
+                "user_models"),
+    "converters": ("convert_checkpoint", "detect_family", "unwrap_state_dict"),
+    "downloads": ("FetchError", "GoogleDriveDownloader", "cache_dir"),
+    "loading": ("load_model", "model_from_checkpoint"),
+    "locations": ("user_model_dir",),
+    "registry": ("STATUSES", "ModelInfo", "load_registry"),
+    "safe_load": ("safe_torch_load",),
+    "weights": ("load_weights", "read_metadata", "save_weights"),
+}
+_WHERE = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def export_model(name_or_model, fmt, out, **kwargs):

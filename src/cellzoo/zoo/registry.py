@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..models import FAMILIES
+from .._names import FAMILIES
 from .locations import registry_path
 
 #: every status a model can have (see :func:`cellzoo.zoo.model_status`)
