@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..infer.device import DEVICE_CHOICES
+from .._names import DEVICE_CHOICES
 
 TRAINABLE = ("repsnet", "fullnet")
 
