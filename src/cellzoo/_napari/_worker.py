@@ -15,10 +15,15 @@ Every widget goes through :func:`start_job`::
 The job factory receives the :class:`~cellzoo.types.CancelToken` and must return the
 engine generator. The generator runs in a napari/superqt thread; it never touches layers:
 results are applied in ``on_returned`` on the main thread. :class:`~cellzoo.types.Progress`
-events drive a ``napari.utils.progress`` bar in the activity dock. User errors
-(``ValueError``/``FileNotFoundError``/``OSError``) become a napari error notification with
-their message; anything else is shown with its type and logged with its traceback.
-A cancelled job shows an info notification and calls ``on_cancelled`` instead of ``on_returned``.
+events drive a ``napari.utils.progress`` bar in the activity dock (widgets also show their own, see
+:mod:`cellzoo._napari._job_panel`). Every exception type ends in an error notification and
+``on_error``: the thread boxes it (``_drive``) instead of letting it reach superqt, which swallows a
+RuntimeError without any signal. User errors (``ValueError``/``FileNotFoundError``/``OSError``/
+``KeyError``, a failed download) show their message; running out of memory says to use smaller tiles or
+the CPU; anything else is shown with its type and logged with its traceback.
+Cancel returns the widget to ready at once (``on_cancelled`` + ``on_finished``, an info notification);
+the thread stops at its next check and whatever it still yields or returns is ignored. Cooperative jobs
+(fine-tuning keeps its best epoch) get a short grace to return their result first.
 
 With ``CELLZOO_SYNC_WORKERS=1`` the job runs in the calling thread (same callbacks, same
 order): deterministic widget tests without waiting on threads.
@@ -55,6 +60,10 @@ USER_ERRORS = (ValueError, FileNotFoundError, OSError, KeyError)
 
 JobFactory = Callable[[CancelToken], Generator[Any, Any, Any]]
 
+#: How long a cooperative job (one that returns a partial result after Cancel, e.g. fine-tuning) may
+#: take to stop before the widget goes back to ready without it (its late result still arrives).
+COOPERATIVE_CANCEL_GRACE_S = 0.6
+
 
 def sync_workers() -> bool:
     """True when jobs must run in the calling thread (``CELLZOO_SYNC_WORKERS=1``; tests)."""
@@ -68,37 +77,93 @@ class _CancelledMarker:
 _CANCELLED = _CancelledMarker()
 
 
-def _drive(factory: JobFactory, token: CancelToken, cooperative: bool = False):
-    """Wrap the engine generator: stop it between events once cancelled, turn Cancelled into a marker.
+class _Returned:
+    """The job's return value, boxed: superqt raises a returned Exception instance instead of emitting it."""
 
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class _Failed:
+    """The job's exception, boxed. The thread never lets an exception reach superqt: its
+    ``GeneratorWorker.work`` *returns* a RuntimeError (then neither ``errored`` nor ``finished`` fires,
+    and the widget would wait forever) and lets BaseExceptions kill the thread without a signal."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _drive(factory: JobFactory, token: CancelToken, cooperative: bool = False):
+    """Wrap the engine generator: stop it between events once cancelled; end with exactly one marker.
+
+    The generator's return value is ``_CANCELLED``, ``_Returned(value)`` or ``_Failed(exc)`` for any
+    exception type (RuntimeError, MemoryError, KeyboardInterrupt, ...); it never raises.
     ``cooperative``: leave stopping to the job itself (e.g. training finishes the step and returns
     its best checkpoint so far instead of being cut off at the next event).
     """
-    gen = factory(token)
+    gen = None
     try:
+        gen = factory(token)
         while True:
             if not cooperative:
                 token.raise_if_cancelled()
             try:
                 event = next(gen)
             except StopIteration as stop:
-                return stop.value
+                return _Returned(stop.value)
             yield event
     except Cancelled:
         return _CANCELLED
+    except GeneratorExit:  # this wrapper itself is being closed: not a job failure
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every failure must reach the widget, see _Failed
+        return _Failed(exc)
     finally:
         # closing runs the job's own finally blocks (temp-file cleanup) if it stopped early
-        gen.close()
+        if gen is not None:
+            try:
+                gen.close()
+            except BaseException:  # noqa: BLE001 - a failing cleanup must not hide the outcome
+                log.exception("closing a job generator failed")
 
 
-def error_message(exc: BaseException, description: str) -> str:
-    """A one-line message for the notification: the engine's own text for user errors."""
+def is_out_of_memory(exc: BaseException) -> bool:
+    """MemoryError, torch's OutOfMemoryError, or a RuntimeError saying "out of memory" (CUDA, MPS)."""
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    torch_oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    if torch_oom is not None and isinstance(exc, torch_oom):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    if isinstance(exc, USER_ERRORS):
+        return True
+    fetch_error = getattr(sys.modules.get("cellzoo.zoo.downloads"), "FetchError", None)
+    return fetch_error is not None and isinstance(exc, fetch_error)  # its message says what to do
+
+
+DEFAULT_OOM_ADVICE = ("use a smaller tile size (or batch size), or the CPU device, close other programs "
+                      "and run again")
+
+
+def error_message(exc: BaseException, description: str, oom_advice: str | None = None) -> str:
+    """The notification text: what happened and what to do (the engine's own text for user errors)."""
     text = str(exc).strip() or type(exc).__name__
     if isinstance(exc, KeyError) and exc.args:
         text = str(exc.args[0])
-    if isinstance(exc, USER_ERRORS):
+    if is_out_of_memory(exc):
+        first_line = text.splitlines()[0][:200] if text else type(exc).__name__
+        return (f"{description} ran out of memory: {oom_advice or DEFAULT_OOM_ADVICE}. "
+                f"({type(exc).__name__}: {first_line})")
+    if _is_user_error(exc):
         return f"{description} failed: {text}"
-    return f"{description} failed with an unexpected {type(exc).__name__}: {text}"
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return f"{description} was interrupted ({type(exc).__name__}); press Run to start it again."
+    return (f"{description} failed with an unexpected {type(exc).__name__}: {text}. Check the inputs and run "
+            "again; if it keeps failing, please report it with the traceback from the log.")
 
 
 def notify_error(message: str) -> None:
@@ -114,17 +179,25 @@ def notify_info(message: str) -> None:
 
 
 class Job:
-    """Handle on one running job: ``cancel()``, ``running``, ``state`` and the last ``error``."""
+    """Handle on one job: ``cancel()``, ``running``, ``state`` and the last ``error``.
+
+    ``running`` turns False once the widget may be used again (``on_finished`` has been called); the
+    thread of a cancelled job may still be winding down then: its late events and result are ignored
+    (cooperative jobs hand a late result to ``on_late_returned``). ``thread_done`` says when it ended.
+    """
 
     def __init__(self, description: str, token: CancelToken) -> None:
         self.description = description
         self.token = token
         self.state = "running"  # running | done | error | cancelled
         self.error: BaseException | None = None
+        self.message = ""  # the error notification's text, for the widget's status line
         self.result: Any = None
         self.worker = None  # superqt GeneratorWorker in threaded mode
+        self.thread_done = False
         self._pbar = None
         self._finished = False
+        self._on_cancel_request: Callable[[], None] | None = None
 
     @property
     def running(self) -> bool:
@@ -132,8 +205,13 @@ class Job:
         return not self._finished
 
     def cancel(self) -> None:
-        """Ask the job to stop at its next check; callbacks still arrive (``on_cancelled``, ``on_finished``)."""
+        """Stop the job. Threaded jobs go to ``cancelled`` at once (``on_cancelled``, ``on_finished``) while
+        the thread stops at its next check; cooperative jobs get a short grace to return their result."""
+        if self._finished:
+            return
         self.token.cancel()
+        if self._on_cancel_request is not None:
+            self._on_cancel_request()
 
     # --------------------------------------------------------------- progress bar (main thread)
     def _progress(self, event: Progress) -> None:
@@ -154,8 +232,8 @@ class Job:
 
     def _close_progress(self) -> None:
         if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
+            pbar, self._pbar = self._pbar, None
+            pbar.close()
 
 
 def start_job(
@@ -167,16 +245,24 @@ def start_job(
     on_cancelled: Callable[[], None] | None = None,
     on_error: Callable[[BaseException], None] | None = None,
     on_finished: Callable[[Job], None] | None = None,
+    on_late_returned: Callable[[Any], None] | None = None,
     token: CancelToken | None = None,
     show_progress: bool = True,
     cooperative_cancel: bool = False,
+    cancel_grace_s: float = COOPERATIVE_CANCEL_GRACE_S,
+    oom_advice: str | None = None,
 ) -> Job:
     """Start ``factory(token)`` (an engine generator) in a thread and return its :class:`Job`.
 
-    All callbacks run on the main thread. ``on_error`` is called after the error notification.
-    ``on_finished(job)`` is called last in every case, so widgets re-enable their Run button there.
+    All callbacks run on the main thread. Exactly one of ``on_returned``, ``on_error`` (after the error
+    notification) or ``on_cancelled`` is called, then ``on_finished(job)``, in every case, so widgets
+    re-enable their Run button there. Any exception type (also RuntimeError, MemoryError, CUDA out of
+    memory, KeyboardInterrupt) ends in ``on_error``; ``oom_advice`` says what to do when memory ran out.
+    An exception raised by ``on_returned`` (applying the result) is handled like a job error.
     ``cooperative_cancel``: the job checks the token itself and may still return a (partial) result
-    after a cancel, which then goes to ``on_returned``; by default the job is stopped at its next event.
+    after a cancel, which then goes to ``on_returned``; if it takes longer than ``cancel_grace_s`` the
+    job is reported cancelled and the result, when it comes, goes to ``on_late_returned``. By default
+    the job is reported cancelled at once and stopped at its next event.
     """
     token = token or CancelToken()
     job = Job(description, token)
@@ -185,63 +271,100 @@ def start_job(
 
         job._pbar = progress(total=0, desc=description)
 
-    def handle_event(event: Any) -> None:
-        # Events queued before a cancel (or the outcome) can arrive after it; they are stale and must
-        # not overwrite the "cancelled" state a widget already shows.
-        if job.state != "running" or (token.cancelled and not cooperative_cancel):
-            return
-        if isinstance(event, Progress):
-            job._progress(event)
-        if on_event is not None:
-            on_event(event)
-
-    def handle_returned(value: Any) -> None:
-        if value is _CANCELLED:
-            job.state = "cancelled"
-            notify_info(f"{description} cancelled.")
-            if on_cancelled is not None:
-                on_cancelled()
-            return
-        job.result = value
-        try:
-            if on_returned is not None:
-                on_returned(value)
-        except Exception as exc:  # applying the result to layers failed: same path as a job error
-            handle_error(exc)
-            return
-        job.state = "done"
-
-    def handle_error(exc: BaseException) -> None:
-        job.state = "error"
-        job.error = exc
-        if not isinstance(exc, USER_ERRORS):
-            log.error("%s failed", description, exc_info=(type(exc), exc, exc.__traceback__))
-        notify_error(error_message(exc, description))
-        if on_error is not None:
-            on_error(exc)
-
-    def handle_finished() -> None:
+    def finish() -> None:
         job._close_progress()
-        if job.state == "running":  # finished without returned/errored (worker.quit())
+        if job.state == "running":
             job.state = "cancelled"
         job._finished = True
         if on_finished is not None:
             on_finished(job)
 
+    def settle_cancelled() -> None:
+        job.state = "cancelled"
+        notify_info(f"{description} cancelled.")
+        try:
+            if on_cancelled is not None:
+                on_cancelled()
+        finally:
+            finish()
+
+    def handle_event(event: Any) -> None:
+        # Events queued before a cancel (or the outcome) can arrive after it; they are stale and must
+        # not overwrite the state a widget already shows.
+        if job._finished or (token.cancelled and not cooperative_cancel):
+            return
+        if isinstance(event, Progress):
+            job._progress(event)
+        if on_event is not None:
+            try:
+                on_event(event)
+            except Exception:  # noqa: BLE001 - a display hiccup must not end the job
+                log.exception("%s: showing an event failed", description)
+
+    def handle_error(exc: BaseException) -> None:
+        job.state = "error"
+        job.error = exc
+        job.message = error_message(exc, description, oom_advice)
+        if not _is_user_error(exc):
+            log.error("%s failed", description, exc_info=(type(exc), exc, exc.__traceback__))
+        try:
+            notify_error(job.message)
+            if on_error is not None:
+                on_error(exc)
+        except Exception:  # noqa: BLE001 - the widget must still become ready
+            log.exception("%s: reporting an error failed", description)
+        finally:
+            finish()
+
+    def handle_late(outcome: Any) -> None:
+        """The thread of a job the widget already let go of has ended."""
+        if isinstance(outcome, _Returned) and on_late_returned is not None:
+            try:
+                on_late_returned(outcome.value)
+            except Exception as exc:  # noqa: BLE001
+                log.exception("%s: applying a late result failed", description)
+                notify_error(error_message(exc, description, oom_advice))
+        elif isinstance(outcome, _Failed) and cooperative_cancel:
+            # a cooperative job was still saving its partial result: the user must hear that it failed
+            notify_error(error_message(outcome.error, description, oom_advice))
+
+    def handle_outcome(outcome: Any) -> None:
+        job.thread_done = True
+        if job._finished:
+            handle_late(outcome)
+            return
+        if outcome is _CANCELLED:
+            settle_cancelled()
+            return
+        if isinstance(outcome, _Failed):
+            handle_error(outcome.error)
+            return
+        value = outcome.value if isinstance(outcome, _Returned) else outcome
+        job.result = value
+        try:
+            if on_returned is not None:
+                on_returned(value)
+        except BaseException as exc:  # noqa: BLE001 - applying the result to layers failed: a job error
+            handle_error(exc)
+            return
+        job.state = "done"
+        finish()
+
+    def handle_worker_error(exc: BaseException) -> None:
+        # only reachable if superqt itself fails around the job (the job's own errors arrive boxed)
+        job.thread_done = True
+        if not job._finished:
+            handle_error(exc)
+
     if sync_workers():
         gen = _drive(factory, token, cooperative_cancel)
-        try:
-            while True:
-                try:
-                    event = next(gen)
-                except StopIteration as stop:
-                    handle_returned(stop.value)
-                    break
-                handle_event(event)
-        except Exception as exc:
-            handle_error(exc)
-        finally:
-            handle_finished()
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                handle_outcome(stop.value)
+                break
+            handle_event(event)
         return job
 
     # superqt's worker, not napari's subclass: napari's relays every error as a traceback
@@ -250,10 +373,23 @@ def start_job(
 
     worker = GeneratorWorker(_drive, factory, token, cooperative_cancel)
     worker.yielded.connect(handle_event)
-    worker.returned.connect(handle_returned)
-    worker.errored.connect(handle_error)
-    worker.finished.connect(handle_finished)
+    worker.returned.connect(handle_outcome)
+    worker.errored.connect(handle_worker_error)
     job.worker = worker
+
+    if cooperative_cancel:
+        def on_cancel_request() -> None:
+            from qtpy.QtCore import QTimer
+
+            def give_up_waiting() -> None:
+                if not job._finished:
+                    settle_cancelled()
+
+            QTimer.singleShot(max(int(cancel_grace_s * 1000), 0), give_up_waiting)
+    else:
+        def on_cancel_request() -> None:
+            settle_cancelled()
+    job._on_cancel_request = on_cancel_request
     worker.start()
     return job
 
