@@ -75,14 +75,73 @@ def test_sample_data_is_image_with_matching_labels():
 def test_viewer_opens_files_and_sample_through_the_plugin(make_napari_viewer, shared_data, tmp_path):
     viewer = make_napari_viewer()
     image_path, mask_path = _one_dsb(shared_data)
-    viewer.open(str(image_path), plugin="napari-cellzoo")
-    viewer.open(str(mask_path), plugin="napari-cellzoo")
+    # a label map saved under a label-ish name is claimed by the plugin; its pixels make it Labels
+    named = tmp_path / f"{mask_path.stem}_mask.tif"
+    named.write_bytes(mask_path.read_bytes())
+    viewer.open(str(image_path))  # plain image: napari's own reader, no choice to make
+    viewer.open(str(named), plugin="napari-cellzoo")
     assert [type(layer).__name__ for layer in viewer.layers] == ["Image", "Labels"]
     viewer.open_sample("napari-cellzoo", "dsb2018_nuclei")
     assert viewer.layers[-1].name == "dsb2018 nuclei ground truth"
     out = tmp_path / "saved.tif"
     viewer.layers[-1].save(str(out), plugin="napari-cellzoo")
     assert np.array_equal(read_labels(out), viewer.layers[-1].data)
+
+
+# ----------------------------------------------------------------------------- label maps by content
+def test_monuseg_label_pngs_are_labels_and_their_images_are_images(shared_data):
+    labels_path = sorted((shared_data / "monuseg2018" / "labels" / "test").glob("*.png"))[0]
+    image_path = shared_data / "monuseg2018" / "images" / "test" / labels_path.name  # same file name
+    [(labels, _, labels_kind)] = get_reader(str(labels_path))(str(labels_path))
+    [(image, image_meta, image_kind)] = get_reader(str(image_path))(str(image_path))
+    assert labels_kind == "labels" and labels.dtype == np.int32 and labels.max() > 100
+    assert np.array_equal(labels, read_labels(labels_path))
+    assert image_kind == "image" and image_meta["rgb"] and image.shape == (1000, 1000, 3)
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".png"])
+def test_the_plugins_own_saved_labels_read_back_as_labels(tmp_path, shared_data, suffix):
+    labels = read_labels(sorted((shared_data / "consep" / "stitched" / "test" / "inst").glob("*.png"))[0])
+    classes = read_labels(sorted((shared_data / "consep" / "stitched" / "test" / "class").glob("*.png"))[0])
+    # no label-ish word in the file name or folder: the content decides
+    [written] = write_labels_tif(str(tmp_path / f"result{suffix}"), labels, {"name": "result"})
+    [(read, meta, kind)] = get_reader(written)(written)
+    assert kind == "labels" and np.array_equal(read, labels) and meta["name"] == "result"
+    [written] = write_labels_tif(str(tmp_path / f"types{suffix}"), classes, {"name": "types"})
+    [(read, meta, kind)] = get_reader(written)(written)
+    assert kind == "labels" and read.dtype == np.uint8 and meta["name"] == "types classes"
+    assert np.array_equal(read, classes)
+
+
+def test_plain_image_drops_get_only_napari_s_reader(make_napari_viewer, shared_data, tmp_path):
+    """napari asks "Choose reader" when two plugins claim a file name; plain images must not be ours."""
+    from napari.plugins._npe2 import get_readers
+
+    from cellzoo.data.io import read_image
+    from cellzoo.data import write_image
+
+    rgb = read_image(sorted((shared_data / "monuseg2018" / "images" / "test").glob("*.png"))[0])[:256, :256]
+    gray = read_image(_one_dsb(shared_data)[0])
+    plain = []
+    for name, data in (("he.png", rgb), ("he.tif", rgb), ("he.jpg", rgb), ("fluo.tif", gray),
+                       ("fluo.png", gray)):
+        write_image(tmp_path / name, data)
+        plain.append(tmp_path / name)
+    for path in plain:
+        assert "napari-cellzoo" not in get_readers(str(path)), path.name
+    # label-named rasters and annotation formats are offered to the plugin
+    for name in ("img instances.tif", "img classes.png", "nuclei_labels.png", "cell_masks.tiff", "a.geojson",
+                 "a.xml"):
+        assert "napari-cellzoo" in get_readers(str(tmp_path / name)), name
+    viewer = make_napari_viewer()
+    for path in plain:
+        viewer.open(str(path))  # raises MultipleReaderError when a second reader claims the file
+    assert [type(layer).__name__ for layer in viewer.layers] == ["Image"] * len(plain)
+    # the Segment widget's default save name reads back as Labels through the plugin
+    labels = read_labels(_one_dsb(shared_data)[1])
+    [saved] = write_labels_tif(str(tmp_path / "fluo instances.tif"), labels, {"name": "fluo instances"})
+    [layer] = viewer.open(saved, plugin="napari-cellzoo")
+    assert type(layer).__name__ == "Labels" and np.array_equal(layer.data, labels)
 
 
 # ----------------------------------------------------------------------------- annotation formats

@@ -1,10 +1,20 @@
 """napari reader: images, label maps and the annotation formats cellzoo understands.
 
-Raster files (tif/png/jpg/bmp) become an Image layer, or a Labels layer when they hold an integer
-2-D map in a label-ish place (``labels/``, ``masks/``, ``inst/`` folders or ``*_labels``/``*_mask``
-names; ``class/`` folders give class maps). Annotation files (MoNuSeg/MoNuSAC XML, CoNIC ``.npy``,
-COCO ``.json``, GeoJSON) and class folders (``image.png`` + ``class1.png`` …) are parsed by :mod:`cellzoo.data`; this module only maps
-the results to napari layer tuples.
+A raster becomes an Image layer, or a Labels layer when its content is a label map: integer,
+single-channel, with background 0 and one connected region per value (instances) or a few values
+spread over many regions (classes); see :func:`cellzoo.data.label_kind.raster_kind`. Folder and
+file names play no part in that decision.
+
+napari offers every reader whose filename patterns match a dropped file, and asks the user to pick
+("Choose reader") when two match. napari's own reader claims every raster extension, so this
+plugin's manifest claims only what napari cannot read itself (annotation formats, class folders)
+and rasters whose names say they are label maps (``*label*``, ``*mask*``, ``*instance*``,
+``*class*``; PNG/TIFF); plain image drops go to napari alone, without a dialog.
+``viewer.open(path, plugin="napari-cellzoo")`` reads those label-named rasters directly.
+
+Annotation files (MoNuSeg/MoNuSAC XML, CoNIC ``.npy``, COCO ``.json``, GeoJSON) and class folders
+(``image.png`` + ``class1.png`` …) are parsed by :mod:`cellzoo.data`; this module only maps the
+results to napari layer tuples.
 """
 from __future__ import annotations
 
@@ -14,23 +24,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cellzoo.data.io import IMAGE_SUFFIXES, read_class_map, read_image, labels_as_int32
+from cellzoo.data.io import IMAGE_SUFFIXES, read_image, labels_as_int32
 
 LayerData = tuple[Any, dict[str, Any], str]
 
-LABEL_FOLDERS = {"labels", "label", "masks", "mask", "inst", "instances", "gt", "groundtruth", "ground_truth"}
-CLASS_FOLDERS = {"class", "classes", "type", "types"}
-LABEL_NAME_ENDINGS = ("_labels", "_label", "_mask", "_masks", "_inst", "_instances", "_gt")
 ANNOTATION_SUFFIXES = (".xml", ".npy", ".json", ".geojson")
-
-
-def _is_label_path(path: Path) -> bool:
-    stem = path.stem.lower()
-    return path.parent.name.lower() in LABEL_FOLDERS or stem.endswith(LABEL_NAME_ENDINGS)
-
-
-def _is_class_path(path: Path) -> bool:
-    return path.parent.name.lower() in CLASS_FOLDERS
 
 
 def _single_path(path: str | list[str]) -> Path | None:
@@ -84,13 +82,15 @@ def _is_class_folder(path: Path) -> bool:
 
 # ----------------------------------------------------------------------------- rasters
 def read_raster(path: Path) -> list[LayerData]:
-    """An image, an instance map or a class map, decided by dtype and where the file sits."""
+    """An image, an instance map or a class map, decided by the pixels (see ``raster_kind``)."""
+    from cellzoo.data.label_kind import raster_kind
+
     data = read_image(path)
-    integer_2d = np.squeeze(data).ndim == 2 and data.dtype.kind in "iu"
     meta = {"metadata": {"source_path": str(path)}}
-    if integer_2d and _is_class_path(path):
-        return [(read_class_map(path), {"name": f"{path.stem} classes", **meta}, "labels")]
-    if integer_2d and _is_label_path(path):
+    kind = raster_kind(data).kind
+    if kind == "classes" and int(data.max()) <= 255:
+        return [(np.squeeze(data).astype(np.uint8), {"name": f"{path.stem} classes", **meta}, "labels")]
+    if kind in ("classes", "instances"):
         labels = labels_as_int32(np.squeeze(data), source=path.name)
         return [(labels, {"name": path.stem, **meta}, "labels")]
     rgb = data.ndim == 3 and data.shape[-1] in (3, 4) and data.dtype in (np.uint8, np.uint16)
