@@ -27,7 +27,7 @@ def _printed_counts(text):
     for line in text.strip().splitlines():
         name, rest = line.split(": ", 1)
         parts = rest.split(", ")
-        rows[name] = (int(parts[0].split()[0]), parts[2])
+        rows[name] = (int(parts[0].split()[0]), parts[2], parts[3])
     return rows
 
 
@@ -40,8 +40,9 @@ def test_segment_files_writes_instances_and_geojson(tmp_path, model_file, shared
     for image in images:
         labels = tifffile.imread(tmp_path / f"{image.stem}_instances.tif")
         assert labels.dtype == np.uint16 and labels.shape == tifffile.imread(image).shape[:2]
-        count, device = printed[image.name]
+        count, device, precision = printed[image.name]
         assert count == len(np.unique(labels)) - 1 and device == "cpu"
+        assert precision == "fp32"  # --no-amp: the line says what ran
         features = json.loads((tmp_path / f"{image.stem}.geojson").read_text())["features"]
         assert len(features) == count
         assert not (tmp_path / f"{image.stem}_classes.tif").exists()  # class-agnostic model

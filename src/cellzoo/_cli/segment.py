@@ -133,7 +133,7 @@ def run(args) -> int:
                 _write_stack(out_dir / f"{stem}_classes.tif", np.stack([r.class_map() for r in results]))
             count = sum(r.count for r in results)
             seconds = sum(r.meta["seconds"] for r in results)
-            device = results[0].meta["device"] if results else args.device
+            device = _device_and_precision(results[0].meta) if results else args.device
             if args.geojson:
                 print(f"{path.name}: --geojson is written for 2-D images only; skipped for this stack",
                       file=sys.stderr)
@@ -147,11 +147,16 @@ def run(args) -> int:
 
                 write_geojson(out_dir / f"{stem}.geojson", result.labels,
                               result.class_map() if typed else None, result.class_names)
-            count, seconds, device = result.count, result.meta["seconds"], result.meta["device"]
+            count, seconds, device = result.count, result.meta["seconds"], _device_and_precision(result.meta)
             if result.meta.get("scale", 1.0) != 1.0:
                 device += f", scale {result.meta['scale']:.2f}"
         print(f"{path.name}: {count} objects, {seconds:.2f} s, {device}")
     return 0
+
+
+def _device_and_precision(meta: dict) -> str:
+    """"cpu, bf16": what actually ran, so a user can tell a bf16 CPU from an fp32 one."""
+    return f"{meta['device']}, {meta.get('precision', 'fp32')}"
 
 
 def _progress_printer(name: str):

@@ -25,6 +25,9 @@ from .prepare import prepare_image
 from .tiling import TilePlan, plan_tiles, reflect_pad, round_up
 from .tta import DIHEDRAL_OPS, IDENTITY, DihedralOp
 
+#: short names of the compute precision, shown with the device in every CLI line, the widget and Instances.meta
+PRECISION_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32", torch.float32: "fp32"}
+
 #: rough activation memory (bytes per input pixel, fp32) when a model does not declare its own
 DEFAULT_BYTES_PER_PIXEL = 6 * 1024
 
@@ -337,6 +340,7 @@ def _segment_prepared(model: CellModel, prepared: np.ndarray, *, tile, batch_siz
         tensor = torch.as_tensor(np.asarray(tensor))
     meta = {"device": device_name, "tiles": len(plan), "tile": list(plan.tile_shape), "tta": bool(tta),
             "amp": str(dtype).replace("torch.", "") if dtype is not None else "fp32",
+            "precision": PRECISION_NAMES.get(dtype, "fp32"),
             "shape": [int(height), int(width)]}
     yield Progress("tiles", 0, len(plan))
 
