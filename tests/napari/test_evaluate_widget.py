@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellzoo._napari.evaluate_widget import EvaluateWidget
+from cellzoo._napari.evaluate_widget import NONE, EvaluateWidget
 from cellzoo.data.io import read_labels
 
 REPO = Path(__file__).resolve().parents[2]
 #: screenshots go to docs/screenshots only when asked (CELLZOO_SCREENSHOTS=docs/screenshots), so a
 #: test run does not modify tracked files
 SCREENSHOT_NAME = "evaluate.png"
+CONSEP = ["background", "other", "inflammatory", "epithelial", "spindle-shaped"]
 
 
 def _screenshot_path(tmp_path: Path) -> Path:
@@ -243,3 +244,97 @@ def test_confidences_from_layer_features_rank_detections_for_coco_ap(widget, mon
         aps[case] = w.result.per_image[0]["ap50"]
     assert aps["good first"] == pytest.approx(1.0)
     assert aps["bad first"] == pytest.approx(0.5)  # FP ranked first: precision 1/2 at full recall
+
+
+# ----------------------------------------------------------------------------- layer roles and warnings
+def _consep_tile(shared_data, index=0):
+    folder = shared_data / "consep" / "stitched" / "test"
+    name = sorted((folder / "inst").glob("*.png"))[index].name
+    return read_labels(folder / "inst" / name), read_labels(folder / "class" / name)
+
+
+def _items(combo):
+    return [combo.itemText(i) for i in range(combo.count())]
+
+
+def test_segment_outputs_and_a_later_ground_truth_get_the_right_fields(widget, qtbot, shared_data):
+    """The walkthrough: GT defaulted to '<image> classes' and kept it after 'ground truth' was added."""
+    from cellzoo._napari._layers import show_segmentation
+    from cellzoo.data.io import read_image
+
+    viewer, w = widget
+    inst, classes = _consep_tile(shared_data)
+    image = viewer.add_image(read_image(shared_data / "consep/stitched/test/images/test_1.png"), name="tile")
+    pred, _ = _without_objects(inst, 20)
+    show_segmentation(viewer, image, pred, np.where(pred > 0, classes, 0), class_names=CONSEP, class_colors=None,
+                      model="cellzoo-he")
+    qtbot.wait(10)  # the late refresh sees the links set after the layers were added
+    assert _items(w.gt_layer) == _items(w.pred_layer) == ["tile instances"]
+    assert _items(w.gt_class_layer) == [NONE, "tile classes"]
+    assert w.pred_class_layer.currentText() == "tile classes"  # linked to the chosen prediction
+
+    viewer.add_labels(inst, name="ground truth")
+    viewer.add_labels(classes, name="ground truth types")  # no links: a class map by its pixels
+    qtbot.wait(10)
+    assert w.gt_layer.currentText() == "ground truth" and w.pred_layer.currentText() == "tile instances"
+    assert "ground truth types" not in _items(w.gt_layer) and "ground truth types" in _items(w.gt_class_layer)
+    assert (w.gt_class_layer.currentText(), w.pred_class_layer.currentText()) == ("ground truth types", "tile classes")
+    assert w.run_button.isEnabled() and not w.warning_label.isVisibleTo(w)
+
+    viewer.layers["ground truth"].name = "annotation"  # renaming refreshes the choices
+    assert w.gt_layer.currentText() == "annotation"
+    w.pred_layer.setCurrentText("tile instances")
+    del viewer.layers["annotation"]
+    assert "annotation" not in _items(w.gt_layer) and w.gt_layer.currentText() == "tile instances"
+    assert not w.run_button.isEnabled()  # GT and prediction are the same layer now
+
+
+def test_a_choice_made_by_hand_survives_new_layers(widget, shared_data):
+    viewer, w = widget
+    inst, _ = _consep_tile(shared_data)
+    viewer.add_labels(inst, name="A")
+    viewer.add_labels(inst.copy(), name="B")
+    w.gt_layer.setCurrentText("B")
+    w.gt_layer.activated.emit(w.gt_layer.currentIndex())  # what a click on the item sends
+    viewer.add_labels(inst.copy(), name="ground truth")
+    assert w.gt_layer.currentText() == "B"
+
+
+def test_a_prediction_of_another_image_is_warned_about_before_any_number(widget, monkeypatch, shared_data):
+    monkeypatch.setenv("CELLZOO_SYNC_WORKERS", "1")
+    viewer, w = widget
+    first, _ = _consep_tile(shared_data, 0)
+    second, _ = _consep_tile(shared_data, 1)
+    viewer.add_labels(first, name="ground truth")
+    viewer.add_labels(second, name="prediction")
+    assert w.gt_layer.currentText() == "ground truth" and w.pred_layer.currentText() == "prediction"
+    assert w.warning_label.isVisibleTo(w) and "no more than by chance" in w.warning_label.text()
+    assert w.result is None  # the warning is up before Evaluate is pressed
+    viewer.layers["prediction"].data = _without_objects(first, 5)[0]
+    w.validate()
+    assert not w.warning_label.isVisibleTo(w) and w.warnings == []
+
+
+def test_folders_with_a_class_map_as_ground_truth_are_warned_about(widget, tmp_path, shared_data):
+    _, w = widget
+    folder = shared_data / "consep" / "stitched" / "test"
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "gt" / "test_1.png").symlink_to(folder / "class" / "test_1.png")
+    (tmp_path / "pred" / "test_1.png").symlink_to(folder / "inst" / "test_1.png")
+    w.source.setCurrentText("Folders")
+    w.gt_folder.edit.setText(str(tmp_path / "gt"))
+    w.pred_folder.edit.setText(str(tmp_path / "pred"))
+    assert w.warning_label.isVisibleTo(w)
+    assert "ground truth looks like a class map" in w.warning_label.text()
+
+
+def test_an_integer_image_layer_holding_instances_can_be_the_ground_truth(widget, shared_data):
+    """napari's own reader opens monuseg labels/*.png as an Image layer; its pixels make it usable."""
+    viewer, w = widget
+    from cellzoo.data.io import read_image
+
+    path = sorted((shared_data / "monuseg2018" / "labels" / "test").glob("*.png"))[0]
+    viewer.add_image(read_image(path), name=path.stem)
+    viewer.add_image(read_image(shared_data / "monuseg2018" / "images" / "test" / path.name), name="H&E")
+    assert _items(w.gt_layer) == [path.stem]

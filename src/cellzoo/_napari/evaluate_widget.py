@@ -1,7 +1,11 @@
 """Evaluate widget: compare predicted instances with ground truth, per image and overall.
 
-Inputs are either two Labels layers (a 3-D layer counts as a stack of 2-D images) with optional
+Inputs are either two instance layers (a 3-D layer counts as a stack of 2-D images) with optional
 class layers, or two folders of label maps matched by file name (with optional class-map folders).
+Only layers that hold instance maps are offered as ground truth and prediction, and only class maps
+as classes (the Segment widget's links, else the pixels: :func:`cellzoo.metrics.sanity.map_kind`);
+an integer Image layer that is an instance map counts too. Inputs that look wrong (a class map as
+instances, maps that hardly overlap, an empty side) get a visible warning before any number.
 The comparison runs :func:`cellzoo.metrics.evaluate_iter` in a background thread; the result is
 shown as a table (one row per image plus the summary) and a bar chart, and can be saved as CSV.
 """
@@ -11,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel,
                             QLineEdit, QPushButton, QStackedWidget, QTableWidget, QTableWidgetItem,
                             QVBoxLayout, QWidget)
@@ -68,6 +72,10 @@ class EvaluateWidget(QWidget):
         self.result: Any = None
         self._pairs: list = []
         self._folder_notes: list[str] = []
+        self._user_choices: set[QComboBox] = set()
+        self._roles: dict[int, tuple[Any, str | None]] = {}   # id(layer) -> (data checked, role)
+        self._warning_cache: dict[tuple, list[str]] = {}  # inputs -> their warnings
+        self.warnings: list[str] = []
 
         self.source = QComboBox()
         self.source.addItems(SOURCES)
@@ -107,6 +115,12 @@ class EvaluateWidget(QWidget):
         self.class_names.setPlaceholderText("optional: other, inflammatory, epithelial, spindle")
         self.class_names.setToolTip("Names of class ids 1, 2, … for per-class PQ (comma-separated)")
 
+        self.warning_label = QLabel("")
+        self.warning_label.setObjectName("cellzoo_warning")
+        self.warning_label.setWordWrap(True)
+        self.warning_label.setStyleSheet("color: #ffb000; font-weight: bold;")
+        self.warning_label.setVisible(False)
+
         self.run_button = QPushButton("Evaluate")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -135,6 +149,7 @@ class EvaluateWidget(QWidget):
         buttons.addWidget(self.cancel_button)
         layout = QVBoxLayout(self)
         layout.addWidget(inputs)
+        layout.addWidget(self.warning_label)
         layout.addLayout(buttons)
         layout.addWidget(self.status)
         layout.addWidget(self.table)
@@ -146,50 +161,125 @@ class EvaluateWidget(QWidget):
         self.source.currentIndexChanged.connect(self.validate)
         for combo in (self.gt_layer, self.pred_layer, self.gt_class_layer, self.pred_class_layer):
             combo.currentIndexChanged.connect(self.validate)
+            # a choice made by hand survives refreshes; a guess gives way to a better one
+            combo.activated.connect(lambda _index, combo=combo: self._user_choices.add(combo))
         for field in (self.gt_folder, self.pred_folder, self.gt_class_folder, self.pred_class_folder):
             field.edit.textChanged.connect(self.validate)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.export_button.clicked.connect(self._export_dialog)
 
+        # once more after the event: a layer's links (metadata) are often set just after it is added
+        self._late_refresh = QTimer(self)
+        self._late_refresh.setSingleShot(True)
+        self._late_refresh.timeout.connect(self.refresh_layers)
         events = self.viewer.layers.events
         for event in (events.inserted, events.removed, events.moved):
             event.connect(self.refresh_layers)
+            event.connect(self._schedule_refresh)
         self.refresh_layers()
+        self.setMinimumWidth(300)
 
     # ------------------------------------------------------------------ layer choices
-    def _labels_layer_names(self) -> list[str]:
-        return [layer.name for layer in self.viewer.layers if type(layer).__name__ == "Labels"]
+    def _role(self, layer) -> str | None:
+        """"instances", "classes" or None (not a label map) for a layer; cached per data array."""
+        kind = type(layer).__name__
+        if kind not in ("Labels", "Image"):
+            return None
+        info = layer.metadata.get("cellzoo") or {}
+        if kind == "Labels" and info.get("instances_layer"):
+            return "classes"  # the Segment widget's / reader's class layer
+        if kind == "Labels" and info.get("classes_layer"):
+            return "instances"
+        data = layer.data
+        if kind == "Image" and (getattr(layer, "rgb", False) or getattr(layer, "multiscale", False)
+                                or np.dtype(data.dtype).kind not in "iu"):
+            return None
+        cached = self._roles.get(id(layer))
+        if cached is not None and cached[0] is data:
+            return cached[1]
+        from cellzoo.metrics.sanity import map_kind
+
+        found = map_kind(np.asarray(data)).kind
+        role = found if found in ("instances", "classes") else ("instances" if kind == "Labels" else None)
+        if kind == "Labels" and found == "image":
+            role = "instances"  # a Labels layer is a label map by choice; the warnings say what looks odd
+        self._roles[id(layer)] = (data, role)
+        return role
+
+    def _labels_layer_names(self, role: str = "instances") -> list[str]:
+        return [layer.name for layer in self.viewer.layers if self._role(layer) == role]
+
+    @staticmethod
+    def _guess_gt(names: list[str], layers) -> str | None:
+        words = ("truth", "ground", "gt", "annotat", "manual", "mask", "label")
+        by_word = [n for n in names if any(w in n.lower() for w in words)]
+        # the Segment widget's outputs carry their model: they are predictions
+        hand_made = [n for n in names if "model" not in (layers[n].metadata.get("cellzoo") or {})]
+        return next(iter(by_word or hand_made or names), None)
+
+    @staticmethod
+    def _guess_pred(names: list[str], layers, gt: str | None) -> str | None:
+        others = [n for n in names if n != gt]
+        predicted = [n for n in others if "model" in (layers[n].metadata.get("cellzoo") or {})
+                     or any(w in n.lower() for w in ("pred", "instances", "result"))]
+        return next(iter(reversed(predicted or others)), None)
+
+    def _linked_classes(self, instance_name: str, class_names: list[str]) -> str:
+        """The class layer linked to an instance layer, else one linked to no instance layer."""
+        layers = self.viewer.layers
+        if not instance_name or instance_name not in layers:
+            return NONE
+        link = (layers[instance_name].metadata.get("cellzoo") or {}).get("classes_layer")
+        if link in class_names:
+            return link
+        unlinked = [n for n in class_names if not (layers[n].metadata.get("cellzoo") or {}).get("instances_layer")]
+        return self._guess_gt(unlinked, layers) or NONE
+
+    def _schedule_refresh(self, *_: Any) -> None:
+        self._late_refresh.start(0)
 
     def refresh_layers(self, *_: Any) -> None:
-        names = self._labels_layer_names()
-        for layer in self.viewer.layers:
-            if type(layer).__name__ == "Labels":
+        layers = self.viewer.layers
+        for layer in layers:
+            if type(layer).__name__ in ("Labels", "Image"):
                 # renaming a layer must refresh the choices
                 layer.events.name.disconnect(self.refresh_layers)
                 layer.events.name.connect(self.refresh_layers)
-        gt_guess = next((n for n in names if "truth" in n.lower() or n.lower().endswith(("gt", "_mask", "masks"))),
-                        names[0] if names else None)
-        pred_guess = next((n for n in reversed(names) if n != gt_guess and "class" not in n.lower()), None)
-        self._fill(self.gt_layer, names, gt_guess)
-        self._fill(self.pred_layer, names, pred_guess)
+        live = {id(layer) for layer in layers}
+        self._roles = {key: value for key, value in self._roles.items() if key in live}
+        names = self._labels_layer_names("instances")
+        class_names = self._labels_layer_names("classes")
+        gt_guess = self._guess_gt(names, layers)
+        self._fill(self.gt_layer, names, gt_guess, keep=self.gt_layer in self._user_choices)
+        pred_guess = self._guess_pred(names, layers, self.gt_layer.currentText())
+        self._fill(self.pred_layer, names, pred_guess, keep=self.pred_layer in self._user_choices)
         if self.pred_layer.currentText() == self.gt_layer.currentText() and pred_guess:
             self.pred_layer.blockSignals(True)
             self.pred_layer.setCurrentText(pred_guess)
             self.pred_layer.blockSignals(False)
-        self._fill(self.gt_class_layer, [NONE, *names], NONE)
-        self._fill(self.pred_class_layer, [NONE, *names], NONE)
+        gt_classes = self._linked_classes(self.gt_layer.currentText(), class_names)
+        pred_classes = self._linked_classes(self.pred_layer.currentText(), class_names)
+        if NONE in (gt_classes, pred_classes):  # per-class metrics need both sides
+            gt_classes = pred_classes = NONE
+        self._fill(self.gt_class_layer, [NONE, *class_names], gt_classes,
+                   keep=self.gt_class_layer in self._user_choices)
+        self._fill(self.pred_class_layer, [NONE, *class_names], pred_classes,
+                   keep=self.pred_class_layer in self._user_choices)
         self.validate()
 
-    @staticmethod
-    def _fill(combo: QComboBox, names: list[str], default: str | None) -> None:
+    def _fill(self, combo: QComboBox, names: list[str], default: str | None, keep: bool = True) -> None:
+        """Set the choices; keep the current one when it was picked by hand and still exists."""
         previous = combo.currentText()
         combo.blockSignals(True)
         combo.clear()
         combo.addItems(names)
-        keep = previous if previous in names else default
-        if keep in names:
-            combo.setCurrentText(keep)
+        choice = previous if keep and previous in names else default
+        if choice not in names:
+            choice = previous if previous in names else None
+            self._user_choices.discard(combo)
+        if choice in names:
+            combo.setCurrentText(choice)
         combo.blockSignals(False)
 
     def _layer(self, combo: QComboBox):
@@ -260,7 +350,41 @@ class EvaluateWidget(QWidget):
         self.run_button.setEnabled(valid and not running)
         first = next((reason for reason in problems.values() if reason), "")
         self.run_button.setToolTip(first or "Compare the prediction with the ground truth")
+        self._show_warnings(self._input_warnings() if valid else [])
         return valid
+
+    # ------------------------------------------------------------------ warnings before numbers
+    def _input_warnings(self) -> list[str]:
+        """:func:`cellzoo.metrics.sanity.evaluation_warnings` of the chosen inputs (the folders' first pair)."""
+        from cellzoo.metrics.sanity import evaluation_warnings
+
+        if self.source.currentText() == "Layers":
+            gt, pred = self._layer(self.gt_layer), self._layer(self.pred_layer)
+            key = ("layers", gt.name, pred.name, id(gt.data), id(pred.data))
+            if key not in self._warning_cache:
+                gt_planes, pred_planes = _planes(np.asarray(gt.data)), _planes(np.asarray(pred.data))
+                # a stack: the first plane that has objects stands for the others
+                index = next((i for i, plane in enumerate(gt_planes) if plane.any()), 0)
+                self._warning_cache[key] = evaluation_warnings(gt_planes[index], pred_planes[index])
+            return self._warning_cache[key]
+        if not self._pairs:
+            return []
+        first = self._pairs[0]
+        key = ("folders", str(first.gt), str(first.pred))
+        if key not in self._warning_cache:
+            from cellzoo.data.io import read_labels
+
+            try:
+                self._warning_cache[key] = evaluation_warnings(read_labels(first.gt), read_labels(first.pred),
+                                                                 name=first.name)
+            except (OSError, ValueError) as exc:  # the run reports unreadable files with their names
+                self._warning_cache[key] = [f"{first.name}: {exc}"]
+        return self._warning_cache[key]
+
+    def _show_warnings(self, warnings: list[str]) -> None:
+        self.warning_label.setText("\n".join(f"⚠ {text[0].upper()}{text[1:]}" for text in warnings))
+        self.warning_label.setVisible(bool(warnings))
+        self.warnings = list(warnings)
 
     # ------------------------------------------------------------------ inputs for the engine
     def _class_names(self) -> list[str] | None:
