@@ -1,4 +1,6 @@
 """Segment widget in a real napari viewer (Xvfb) with a real (tiny, untrained) RepSNet from the user zoo."""
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -110,10 +112,14 @@ def test_cancel_during_segmentation_leaves_no_layers(make_napari_viewer, qtbot, 
     timer.start(20)
     widget.run_button.click()
     # the Qt event loop keeps running while the model works (the UI stays responsive): the timer ticks
-    qtbot.waitUntil(lambda: "tiles:" in widget.status_label.text() and sum(ticks) >= 3, timeout=120_000)
+    bar = widget.jobs.progress_bar
+    qtbot.waitUntil(lambda: "tiles" in bar.format() and bar.value() >= 1 and sum(ticks) >= 3, timeout=120_000)
+    clicked = time.perf_counter()
     widget.cancel_button.click()
     qtbot.waitUntil(lambda: widget._job is not None and not widget._job.running, timeout=120_000)
+    assert time.perf_counter() - clicked < 1.0  # ready again at once; the thread stops at its next tile
     timer.stop()
+    qtbot.waitUntil(lambda: widget._job.thread_done, timeout=120_000)
     assert widget._job.state == "cancelled"
     assert [layer.name for layer in viewer.layers] == ["slide"]
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()

@@ -16,7 +16,7 @@ import pandas as pd
 from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtWidgets import QGridLayout, QLabel, QWidget
 
-from cellzoo.annotate import COLUMNS, instance_table
+from cellzoo.annotate import COLUMNS, InstanceIndex, instance_table
 
 META_KEY = "cellzoo"
 #: used for classes without a colour in the model's metadata (matplotlib tab10 without grey)
@@ -60,6 +60,11 @@ def features_frame(labels: np.ndarray, classes: np.ndarray | None, class_names: 
     return frame
 
 
+def index_frame(index: InstanceIndex, class_names: Sequence[str], scores: dict[int, float] | None = None) -> pd.DataFrame:
+    """The features table of a 2-D layer from its instance index (no pass over the pixels)."""
+    return _frame(index.table(class_names, scores))
+
+
 def _frame(table: dict[str, np.ndarray]) -> pd.DataFrame:
     frame = pd.DataFrame(table)
     # napari maps a label value to its features row through an "index" column
@@ -90,6 +95,24 @@ def update_plane_features(layer, plane_index: tuple[int, ...], classes: np.ndarr
     layer.features = pd.concat([keep, fresh], ignore_index=True).sort_values("label", ignore_index=True)
 
 
+def set_plane_rows(layer, plane_index: tuple[int, ...], index: InstanceIndex) -> None:
+    """Features rows of one plane (all rows of a 2-D layer) from that plane's instance index.
+
+    No pass over the pixels: the Correct widget keeps the index up to date after each edit.
+    """
+    info = layer.metadata.get(META_KEY, {})
+    names = info.get("class_names", ["background", "nucleus"])
+    fresh = index_frame(index, names, info.get("scores", {}))
+    if not plane_index:
+        layer.features = fresh
+        return
+    plane = plane_index[0] if len(plane_index) == 1 else plane_index
+    fresh["plane"] = [plane] * len(fresh)
+    old = layer.features
+    keep = old[[p != plane for p in old["plane"]]] if "plane" in old.columns else old.iloc[0:0]
+    layer.features = pd.concat([keep, fresh], ignore_index=True).sort_values("label", ignore_index=True)
+
+
 def _geometry(image_layer) -> dict[str, Any]:
     ndim = image_layer.ndim
     return {"scale": tuple(image_layer.scale[-ndim:]), "translate": tuple(image_layer.translate[-ndim:])}
@@ -98,10 +121,14 @@ def _geometry(image_layer) -> dict[str, Any]:
 def show_segmentation(viewer, image_layer, labels: np.ndarray, classes: np.ndarray, *,
                       class_names: Sequence[str], class_colors: Sequence[str] | None,
                       scores: dict[int, float] | None = None, model: str | None = None,
-                      meta: dict[str, Any] | None = None):
+                      meta: dict[str, Any] | None = None, index: InstanceIndex | None = None):
     """Add (or replace the data of) ``<image> instances`` and ``<image> classes``; return both layers.
 
-    ``labels``/``classes`` have the image's spatial shape (planes × H × W for stacks).
+    ``labels``/``classes`` have the image's spatial shape (planes × H × W for stacks). With the
+    ``index`` of a 2-D result (:func:`cellzoo.annotate.prepare_instances`, made in the worker
+    thread; ``classes`` then already uniform per instance) nothing here passes over the pixels: the
+    main thread only hands ready arrays to napari. The index is kept in the layer's metadata
+    (``"index"``) for the Correct widget.
     """
     class_names = list(class_names)
     colors = class_colors_for(class_names, class_colors)
@@ -111,7 +138,11 @@ def show_segmentation(viewer, image_layer, labels: np.ndarray, classes: np.ndarr
     info = {"class_names": class_names, "class_colors": colors, "scores": dict(scores or {}),
             "model": model, "image_layer": image_layer.name,
             "classes_layer": f"{image_layer.name} classes", **(meta or {})}
-    features = features_frame(labels, classes, class_names, info["scores"])
+    if index is not None and labels.ndim == 2 and tuple(index.shape) == labels.shape:
+        features = index_frame(index, class_names, info["scores"])
+        info["index"] = index
+    else:
+        features = features_frame(labels, classes, class_names, info["scores"])
 
     inst_name, cls_name = f"{image_layer.name} instances", f"{image_layer.name} classes"
     if cls_name in viewer.layers:
@@ -129,17 +160,22 @@ def show_segmentation(viewer, image_layer, labels: np.ndarray, classes: np.ndarr
         inst_layer.scale, inst_layer.translate = geometry["scale"], geometry["translate"]
         inst_layer.features = features
     else:
-        # outlines over the class colours: each object's class and its extent are visible at once
+        # outlines over the class colours: each object's class and its extent are visible at once.
+        # Added hidden and shown once the contour is set, so napari draws (slices) it once, not twice
         inst_layer = viewer.add_labels(labels, name=inst_name, features=features, opacity=1.0,
-                                       metadata={META_KEY: info}, **geometry)
+                                       metadata={META_KEY: info}, visible=False, **geometry)
         inst_layer.contour = 2
+        inst_layer.visible = True
     cls_layer.metadata[META_KEY] = {"instances_layer": inst_name, "class_names": class_names, "class_colors": colors}
-    # a new result starts a new editing session: earlier undo steps refer to other data (napari has no
-    # public call for this; older/newer versions without it simply keep their history)
+    # a new result starts a new editing session: earlier undo steps refer to other data. napari has no
+    # public call for this, but switching editing off clears a Labels layer's undo history (the
+    # private Labels._reset_history warns through the viewer proxy that plugins get)
     for layer in (inst_layer, cls_layer):
-        reset = getattr(layer, "_reset_history", None)
-        if reset is not None:
-            reset()
+        if layer.editable:
+            mode = layer.mode
+            layer.editable = False
+            layer.editable = True
+            layer.mode = mode
     return inst_layer, cls_layer
 
 

@@ -21,7 +21,8 @@ from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBo
                             QVBoxLayout, QWidget)
 
 from cellzoo._napari._plots import BarChart
-from cellzoo._napari._worker import Job, mark_field, start_job
+from cellzoo._napari._job_panel import JobPanel
+from cellzoo._napari._worker import Job, mark_field
 
 NONE = "(none)"
 SOURCES = ("Layers", "Folders")
@@ -126,6 +127,7 @@ class EvaluateWidget(QWidget):
         self.cancel_button.setEnabled(False)
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.jobs = JobPanel(self.run_button, self.cancel_button, self.status)
 
         self.table = QTableWidget(0, 0)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
@@ -151,6 +153,7 @@ class EvaluateWidget(QWidget):
         layout.addWidget(inputs)
         layout.addWidget(self.warning_label)
         layout.addLayout(buttons)
+        layout.addWidget(self.jobs.progress_bar)
         layout.addWidget(self.status)
         layout.addWidget(self.table)
         layout.addWidget(self.chart)
@@ -428,9 +431,6 @@ class EvaluateWidget(QWidget):
             pairs = list(self._pairs)
             count = len(pairs)
         notes = " ".join(self._folder_notes) if self.source.currentText() == "Folders" else ""
-        self.status.setText(f"Evaluating {count} image(s)… {notes}".strip())
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
         self.export_button.setEnabled(False)
         # results on screen always belong to the inputs shown: drop the previous run's
         self.result = None
@@ -442,19 +442,16 @@ class EvaluateWidget(QWidget):
         def factory(cancel):
             return evaluate_iter(pairs, class_names=class_names, cancel=cancel, total=count)
 
-        self.job = start_job(factory, description="Evaluation", on_returned=self.show_result,
-                             on_cancelled=lambda: self.status.setText("Cancelled; no results."),
-                             on_error=lambda exc: self.status.setText(f"Failed: {exc}"),
-                             on_finished=self._finished)
+        self.job = self.jobs.start(factory, description="Evaluation",
+                                   status=f"Evaluating {count} image(s)… {notes}".strip(),
+                                   on_returned=self.show_result, cancelled_text="Cancelled; no results.",
+                                   on_finished=self._finished)
         return self.job
 
     def cancel(self) -> None:
-        if self.job is not None:
-            self.job.cancel()
-            self.status.setText("Cancelling…")
+        self.jobs.cancel()
 
     def _finished(self, job: Job) -> None:
-        self.cancel_button.setEnabled(False)
         self.validate()
 
     # ------------------------------------------------------------------ results

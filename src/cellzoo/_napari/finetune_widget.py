@@ -23,7 +23,8 @@ from qtpy.QtWidgets import (QApplication, QCheckBox, QComboBox, QDoubleSpinBox, 
 from qtpy.QtCore import Qt
 
 from cellzoo._napari._plots import TrainingPlot
-from cellzoo._napari._worker import Job, mark_field, notify_error, start_job
+from cellzoo._napari._job_panel import JobPanel
+from cellzoo._napari._worker import Job, mark_field, notify_error, notify_info
 from cellzoo.types import Cancelled, Message, Progress, TrainStep, Validation
 
 #: families the trainer can fine-tune (dense heads); detection families are trained elsewhere
@@ -202,6 +203,7 @@ class FinetuneWidget(QWidget):
         self.cancel_button.setEnabled(False)
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.jobs = JobPanel(self.run_button, self.cancel_button, self.status)
         self.plot = TrainingPlot(metric_name=f"validation {METRIC.upper()}")
         self.plot.setMaximumHeight(200)
         self.comparison = QLabel("")
@@ -258,6 +260,7 @@ class FinetuneWidget(QWidget):
         layout.addWidget(settings)
         layout.addLayout(bottom)
         layout.addLayout(buttons)
+        layout.addWidget(self.jobs.progress_bar)
         layout.addWidget(self.status)
         layout.addWidget(self.plot)
         layout.addWidget(self.comparison)
@@ -496,26 +499,26 @@ class FinetuneWidget(QWidget):
         self.outcome = None
         self.comparison.setText("")
         self.plot.reset(f"validation {METRIC.upper()}")
-        self.status.setText(f"Fine-tuning {base} on {self.n_images()} image(s)…")
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
 
         def factory(cancel):
             return finetune_job(base, samples, folders, config_values, name, cancel)
 
-        self.job = start_job(factory, description="Fine-tuning", on_event=self._on_event,
-                             on_returned=self._on_returned, on_cancelled=self._on_cancelled,
-                             on_error=lambda exc: self.status.setText(f"Failed: {exc}"),
-                             on_finished=self._finished, cooperative_cancel=True)
+        started: dict[str, Job] = {}
+        self.job = self.jobs.start(
+            factory, description="Fine-tuning", status=f"Fine-tuning {base} on {self.n_images()} image(s)…",
+            on_event=self._on_event, on_returned=self._on_returned, on_cancelled=self._on_cancelled,
+            on_late_returned=lambda outcome: self._on_late_returned(outcome, started.get("job")),
+            on_finished=self._finished, cooperative_cancel=True,
+            oom_advice="use a smaller tile size or batch size, or the CPU device, and run again")
+        started["job"] = self.job
         return self.job
 
     def cancel(self) -> None:
-        if self.job is not None and self.job.running:
-            self.job.cancel()
-            self.status.setText("Cancelling… (the best finished epoch is kept)")
+        self.jobs.cancel("Cancelling… (the best finished epoch is kept)")
 
     def _on_event(self, event: Any) -> None:
         if isinstance(event, TrainStep):
+            self.jobs.show_progress(Progress(f"epoch {event.epoch}, step", event.step, event.steps_per_epoch))
             position = event.epoch - 1 + event.step / max(event.steps_per_epoch, 1)
             self.plot.add_loss(position, event.losses.get("total", float("nan")))
             self.status.setText(f"Epoch {event.epoch}, step {event.step}/{event.steps_per_epoch}: "
@@ -543,10 +546,25 @@ class FinetuneWidget(QWidget):
         self._announce_new_model(outcome.name)
 
     def _on_cancelled(self) -> None:
-        self.status.setText("Cancelled; no model was saved.")
+        job = self.jobs.job
+        if job is not None and job.running and not job.thread_done:
+            # the widget is ready again; the thread still ends its step and saves the best epoch, if any
+            self.status.setText("Cancelled; finishing the current step, then the best finished epoch (if any) "
+                                "is saved.")
+        else:
+            self.status.setText("Cancelled; no model was saved.")
+
+    def _on_late_returned(self, outcome: FinetuneOutcome, job: Job | None) -> None:
+        """The result of a job that was cancelled and let go while it still ran its last step."""
+        if job is not None and job is self.jobs.job:
+            self._on_returned(outcome)  # no newer run on screen: show it as the outcome
+        elif outcome.saved_path is not None:
+            self._announce_new_model(outcome.name)
+        if outcome.saved_path is not None:
+            notify_info(f"Saved {outcome.name} (best epoch {outcome.best_epoch}) after the cancel.")
+        self.refresh_models()
 
     def _finished(self, job: Job) -> None:
-        self.cancel_button.setEnabled(False)
         self.refresh_models()
         self.validate()
 

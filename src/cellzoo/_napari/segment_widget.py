@@ -16,11 +16,12 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLab
                             QPushButton, QSpinBox, QVBoxLayout, QWidget)
 from superqt import QCollapsible
 
-from cellzoo.annotate import sync_classes
+from cellzoo.annotate import prepare_instances, sync_classes
 from cellzoo.types import Message, Progress
 
 from ._layers import class_colors_for, legend_widget, show_segmentation
-from ._worker import mark_field, start_job
+from ._job_panel import JobPanel
+from ._worker import mark_field
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: shown text -> value passed to the engine's ``scale`` (None: the model's own default)
@@ -175,6 +176,7 @@ class SegmentWidget(QWidget):
         buttons.addWidget(self.cancel_button)
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
+        self.jobs = JobPanel(self.run_button, self.cancel_button, self.status_label)
         self.device_label = QLabel("device used: –")
         self.device_label.setToolTip("The device the last run actually used.")
         self.legend_box = QWidget()
@@ -185,6 +187,7 @@ class SegmentWidget(QWidget):
         layout.addLayout(form)
         layout.addWidget(self.advanced)
         layout.addLayout(buttons)
+        layout.addWidget(self.jobs.progress_bar)
         layout.addWidget(self.status_label)
         layout.addWidget(self.device_label)
         layout.addWidget(self.legend_box)
@@ -430,14 +433,14 @@ class SegmentWidget(QWidget):
         def job(cancel):
             return self._segment(pixels, request, cancel)
 
-        self.status_label.setText(f"Segmenting {layer.name} with {settings['model']} …")
-        self.cancel_button.setEnabled(True)
-        self.run_button.setEnabled(False)
-        self._job = start_job(job, description=f"Segmenting {layer.name}", on_event=self._on_event,
-                              on_returned=self._apply,
-                              on_cancelled=self._cancelled, on_error=self._failed, on_finished=self._finished)
-        if self._job.running:
-            self.run_button.setEnabled(False)
+        tile = f"tiles of {settings['tile']} px" if settings["tile"] else "automatic tiles"
+        self._job = self.jobs.start(
+            job, description=f"Segmenting {layer.name}",
+            status=f"Segmenting {layer.name} with {settings['model']} …", on_event=self._on_event,
+            on_returned=self._apply, on_finished=self._finished,
+            cancelled_text="Cancelled; no layers were changed.",
+            oom_advice=(f"the {settings['device']} device has not enough memory for this image with {tile}; "
+                        "choose a smaller tile size (or the CPU device) and run again"))
 
     def _segment(self, pixels: np.ndarray, request: dict, cancel):
         """Runs in the worker thread: load the model (once), then the engine generator."""
@@ -446,45 +449,31 @@ class SegmentWidget(QWidget):
         settings = request["settings"]
         name = settings["model"]
         if name not in self._models:
-            yield Progress("loading model", 0, 1, name)
+            yield Progress("loading model", 0, 0, name)  # unknown length (may download)
             self._models[name] = resolve_model(name)
             yield Progress("loading model", 1, 1, name)
         model = self._models[name]
         kwargs = dict(tile=settings["tile"], device=settings["device"], tta=settings["tta"],
                       params=settings["params"], channel=settings["channel"], normalize=settings["normalize"],
                       scale=settings["scale"], cancel=cancel)
-        try:
-            if request["whole_stack"]:
-                results = yield from segment_stack_iter(model, pixels, **kwargs)
-            else:
-                results = [(yield from segment_iter(model, pixels, **kwargs))]
-        except (MemoryError, RuntimeError) as exc:
-            if isinstance(exc, RuntimeError) and "out of memory" not in str(exc).lower():
-                raise
-            tile = f"tiles of {settings['tile']} px" if settings["tile"] else "automatic tiles"
-            raise ValueError(f"not enough memory on the {settings['device']} device for this image with {tile}; "
-                             "choose a smaller tile size (or the CPU) and run again") from exc
-        return {"request": request, "results": results, "class_names": model.class_names}
+        if request["whole_stack"]:
+            results = yield from segment_stack_iter(model, pixels, **kwargs)
+        else:
+            results = [(yield from segment_iter(model, pixels, **kwargs))]
+        # the O(pixels) work of showing a result (class per instance, features, index) stays in this thread
+        prepared = [prepare_instances(r.labels, r.class_map(), default_class=1) for r in results]
+        return {"request": request, "results": results, "class_names": model.class_names, "prepared": prepared}
 
     def _on_event(self, event) -> None:
-        if isinstance(event, Progress):
-            self.status_label.setText(f"{event.stage}: {event.done} / {event.total}")
-        elif isinstance(event, Message):
+        # Progress goes to the panel's bar; the status line keeps the messages
+        if isinstance(event, Message):
             self.status_label.setText(event.text)
 
     def cancel(self) -> None:
-        if self._job is not None and self._job.running:
-            self._job.cancel()
-            self.status_label.setText("Cancelling …")
-
-    def _cancelled(self) -> None:
-        self.status_label.setText("Cancelled; no layers were changed.")
-
-    def _failed(self, exc: BaseException) -> None:
-        self.status_label.setText(f"Segmentation failed: {exc}")
+        """Cancel button: ready again at once; the thread stops at its next tile or stage."""
+        self.jobs.cancel()
 
     def _finished(self, job) -> None:
-        self.cancel_button.setEnabled(False)
         self.validate()
 
     def _apply(self, output: dict) -> None:
@@ -502,8 +491,11 @@ class SegmentWidget(QWidget):
         full_shape = tuple(layer.data.shape[:layer.ndim])
         inst_name = f"{layer.name} instances"
 
+        prepared = output.get("prepared") or [None] * len(results)
+        index = None
         if layer.ndim == 2:
-            labels, classes, scores = self._plane_arrays(results[0], 0)
+            labels, classes, scores = self._plane_arrays(results[0], 0, prepared[0])
+            index = prepared[0][2] if prepared[0] is not None else None
         else:
             existing = self.viewer.layers[inst_name] if inst_name in self.viewer.layers else None
             if existing is not None and existing.data.shape == full_shape and not request["whole_stack"]:
@@ -518,19 +510,20 @@ class SegmentWidget(QWidget):
                 scores = {}
             planes = [np.unravel_index(k, request["lead_shape"]) for k in range(len(results))] \
                 if request["whole_stack"] else [request["plane"]]
-            for plane, result in zip(planes, results):
+            for plane, result, ready in zip(planes, results, prepared):
                 plane = tuple(int(p) for p in plane)
                 labels[plane] = 0
                 offset = int(labels.max())  # ids stay unique across planes, so the table has one row each
-                plane_labels, plane_classes, plane_scores = self._plane_arrays(result, offset)
+                plane_labels, plane_classes, plane_scores = self._plane_arrays(result, offset, ready)
                 labels[plane], classes[plane] = plane_labels, plane_classes
                 scores = {k: v for k, v in scores.items() if k <= offset or k in plane_scores} | plane_scores
         assert labels.shape[-2:] == spatial
         meta = results[0].meta
         inst, _cls = show_segmentation(self.viewer, layer, labels, classes, class_names=class_names,
                                        class_colors=class_colors, scores=scores, model=settings["model"],
-                                       meta={"device": meta.get("device"), "settings": settings})
-        count = int(sum(r.count for r in results))
+                                       meta={"device": meta.get("device"), "settings": settings}, index=index)
+        # Instances.count runs np.unique over the image: the index already knows the number
+        count = int(sum(len(ready[2]) if ready is not None else r.count for r, ready in zip(results, prepared)))
         seconds = sum(float(r.meta.get("seconds", 0.0)) for r in results)
         scales = sorted({float(r.meta.get("scale", 1.0)) for r in results})
         self.status_label.setText(f"{count} instances in {seconds:.1f} s with {settings['model']}"
@@ -543,11 +536,13 @@ class SegmentWidget(QWidget):
         self.viewer.layers.selection.active = inst
 
     @staticmethod
-    def _plane_arrays(result, offset: int):
-        labels = np.asarray(result.labels, dtype=np.int32)
-        class_map = np.asarray(result.class_map(), dtype=np.uint8)
-        # one class per instance, so the class layer and the table agree
-        classes = sync_classes(labels, class_map, default_class=1)
+    def _plane_arrays(result, offset: int, prepared=None):
+        if prepared is not None:  # made in the worker thread by prepare_instances
+            labels, classes = prepared[0], prepared[1]
+        else:
+            labels = np.asarray(result.labels, dtype=np.int32)
+            # one class per instance, so the class layer and the table agree
+            classes = sync_classes(labels, np.asarray(result.class_map(), dtype=np.uint8), default_class=1)
         if offset:
             labels = np.where(labels > 0, labels + offset, 0).astype(np.int32)
         scores = {int(k) + offset: float(v) for k, v in result.scores.items()}
