@@ -8,14 +8,19 @@ Keys (instances layer active):
   Shift+M merge the selection · Shift+S split by the seeds · Shift+C give the selection the chosen class
   Shift+N draw a new instance (next free id, paint brush) · Ctrl+Z undo · Ctrl+Shift+Z redo
 
-Every edit is computed by :mod:`cellzoo.annotate` on the current plane and written with
-``Labels.data_setitem`` inside ``Labels.block_history()``, so it lands in napari's own undo
-history; the widget groups the instance and class layer changes of one edit so that one undo
-reverts both.
+Every edit costs in proportion to the objects it touches, not to the image: an
+:class:`~cellzoo.annotate.InstanceIndex` per plane (bounding box, area, centroid, class of each id;
+made by the Segment job or once on first use) tells where each object is, :mod:`cellzoo.annotate`
+plans the edit as patches of those boxes, and only the changed pixels are written with
+``Labels.data_setitem`` (napari then redraws only that region). The widget keeps its own undo
+history of the touched boxes (old and new values of both layers, so one undo reverts both); napari's
+brush, eraser and fill strokes on the instances layer are taken into it as well. The features table
+is rebuilt from the index, and the selection is outlined in an overlay layer, object by object.
 """
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -24,12 +29,14 @@ import numpy as np
 from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import QTimer
 from qtpy.QtGui import QColor, QIcon, QPixmap
-from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGridLayout, QHBoxLayout, QLabel, QLineEdit,
-                            QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QFrame, QGridLayout, QHBoxLayout, QLabel,
+                            QLineEdit, QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget)
+from scipy import ndimage
 
 from cellzoo import annotate
+from cellzoo.annotate.index import InstanceIndex, pad_window, union_window, window_size
 
-from ._layers import META_KEY, class_colormap, class_colors_for, features_frame, update_plane_features
+from ._layers import META_KEY, class_colormap, class_colors_for, features_frame, set_plane_rows
 from ._worker import mark_field
 
 KEYS = {
@@ -40,18 +47,81 @@ KEYS = {
     "Control-Z": "undo",
     "Control-Shift-Z": "redo",
 }
-HELP = ("<b>Mouse</b> (pan/zoom mode): Shift+click delete · Ctrl+click select · Alt+click split seed<br>"
-        "<b>Keys</b>: Shift+M merge · Shift+S split · Shift+C class · Shift+N new · Ctrl+Z undo · Ctrl+Shift+Z redo")
+HELP = ("<b>Mouse</b> (pan/zoom mode): ⇧click delete · Ctrl+click select · Alt+click split seed · "
+        "<b>Keys</b>: Ctrl+Z undo · Ctrl+⇧Z redo")
+
+
+#: an edit whose boxes cover more than this share of the plane re-indexes the whole plane
+_REBUILD_SHARE = 0.25
+
+
+@dataclass
+class _Change:
+    """The values of one box of one layer before and after an edit (``key`` indexes the layer's data)."""
+
+    layer: Any
+    key: tuple[slice, ...]
+    old: np.ndarray
+    new: np.ndarray
 
 
 @dataclass
 class _Edit:
-    """One undo step: the plane, the layers whose napari history holds it, the score table around it."""
+    """One undo step: the plane, the boxes it changed in both layers, the score table around it."""
 
     plane: tuple[int, ...]
-    layers: list
+    changes: list[_Change]
     scores_before: dict[int, float]
     scores_after: dict[int, float]
+    what: str = ""
+
+
+class _PlaneView:
+    """``view[window]`` reads just that window of one plane of a layer's data (no copy of the plane)."""
+
+    def __init__(self, data, plane: tuple[int, ...]) -> None:
+        self.data, self.plane = data, plane
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape[len(self.plane):])
+
+    def __getitem__(self, window) -> np.ndarray:
+        return np.asarray(self.data[(*self.plane, *window)])
+
+
+@contextmanager
+def _outside_napari_history(layer):
+    """``data_setitem`` without an entry in napari's own undo history (this widget keeps the history)."""
+    if not hasattr(layer, "_staged_history") or not hasattr(layer, "_block_history"):
+        yield  # another napari version: its history also records the edit, which does no harm
+        return
+    saved = layer._block_history, layer._staged_history
+    layer._block_history, layer._staged_history = True, []
+    try:
+        yield
+    finally:
+        layer._block_history, layer._staged_history = saved
+
+
+def _set_pixels(layer, key: tuple[slice, ...], new: np.ndarray, old: np.ndarray | None = None) -> bool:
+    """Write ``new`` into ``layer.data[key]``, touching only the pixels that differ; True if any did."""
+    if old is None:
+        old = np.asarray(layer.data[key])
+    changed = old != new
+    if not changed.any():
+        return False
+    where = np.nonzero(changed)
+    index = tuple(axis + s.start for axis, s in zip(where, key))
+    values = np.asarray(new[changed]).astype(layer.data.dtype, copy=False)
+    if layer.visible:
+        with _outside_napari_history(layer):
+            layer.data_setitem(index, values)  # napari redraws only this region
+    else:
+        # napari does not slice hidden layers (data_setitem would update an empty view); it slices the
+        # data afresh when the layer is shown again
+        layer.data[index] = values
+    return True
 
 
 def default_training_folder() -> Path:
@@ -72,6 +142,9 @@ class CorrectWidget(QWidget):
         self._applying = False
         self._seeds_layer = None
         self._selection_layer = None
+        self._indexes: dict[tuple[int, ...], InstanceIndex] = {}
+        self._outlined: dict[int, tuple[tuple[int, ...], tuple[slice, slice]]] = {}  # id -> plane, box drawn
+        self._pending_paint: list[tuple[Any, list]] = []
 
         self.layer_combo = QComboBox()
         self.layer_combo.setToolTip("The instances layer to correct (e.g. '<image> instances').")
@@ -104,48 +177,60 @@ class CorrectWidget(QWidget):
             return btn
 
         form = QFormLayout()
+        form.setContentsMargins(0, 0, 0, 0)
         form.addRow("instances", self.layer_combo)
         form.addRow("image", self.image_combo)
         form.addRow("class", self.class_combo)
         grid = QGridLayout()
-        grid.addWidget(button("delete", "Delete selected", self.delete_selected, "Remove the selected instances"), 0, 0)
-        grid.addWidget(button("merge", "Merge (⇧M)", self.merge_selected, "Merge the selected instances"), 0, 1)
-        grid.addWidget(button("split", "Split (⇧S)", self.split_at_seeds,
-                              "Split the instance that holds the seed points (Alt+click to place them)"), 1, 0)
-        grid.addWidget(button("new", "New instance (⇧N)", self.new_instance,
-                              "Paint a new instance with the next free id"), 1, 1)
-        grid.addWidget(button("assign", "Set class (⇧C)", self.assign_class_to_selection,
-                              "Give the selected instances the chosen class"), 2, 0)
-        grid.addWidget(button("fill", "Fill holes", self.fill_holes, "Fill holes inside instances"), 2, 1)
-        grid.addWidget(button("relabel", "Relabel 1..N", self.relabel_sequential,
-                              "Renumber the instances of this plane 1..N"), 3, 0)
-        grid.addWidget(button("clear", "Clear selection", self.clear_selection, "Forget the selection and seeds"), 3, 1)
+        grid.setSpacing(3)
+        tools = [
+            ("delete", "Delete", self.delete_selected, "Remove the selected instances (or Shift+click one)"),
+            ("merge", "Merge ⇧M", self.merge_selected, "Merge the selected instances"),
+            ("split", "Split ⇧S", self.split_at_seeds,
+             "Split the instance that holds the seed points (Alt+click to place them)"),
+            ("new", "New ⇧N", self.new_instance, "Paint a new instance with the next free id and the chosen class"),
+            ("assign", "Set class ⇧C", self.assign_class_to_selection, "Give the selected instances the chosen class"),
+            ("fill", "Fill holes", self.fill_holes, "Fill holes inside instances"),
+            ("relabel", "Relabel 1..N", self.relabel_sequential, "Renumber the instances of this plane 1..N"),
+            ("clear", "Clear sel.", self.clear_selection, "Forget the selection and the split seeds"),
+            ("undo", "Undo", self.undo, "Undo the last edit (Ctrl+Z)"),
+            ("redo", "Redo", self.redo, "Redo (Ctrl+Shift+Z)"),
+        ]
+        for k, (key, text, slot, tip) in enumerate(tools):
+            grid.addWidget(button(key, text, slot, tip), k // 3, k % 3)
         small = QHBoxLayout()
         small.addWidget(button("small", "Remove objects under", self.remove_small,
                                "Delete instances smaller than the given number of pixels"))
         small.addWidget(self.min_size_spin)
-        history = QHBoxLayout()
-        history.addWidget(button("undo", "Undo", self.undo, "Undo the last edit (Ctrl+Z)"))
-        history.addWidget(button("redo", "Redo", self.redo, "Redo (Ctrl+Shift+Z)"))
         folder = QHBoxLayout()
         folder.addWidget(self.folder_edit)
         folder.addWidget(browse)
         help_label = QLabel(HELP)
         help_label.setWordWrap(True)
 
-        layout = QVBoxLayout(self)
+        # everything in a scroll area: the dock never makes the window taller than a small screen
+        content = QWidget()
+        layout = QVBoxLayout(content)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.setSpacing(4)
         layout.addLayout(form)
         layout.addWidget(help_label)
         layout.addWidget(self.selection_label)
         layout.addLayout(grid)
         layout.addLayout(small)
-        layout.addLayout(history)
         layout.addWidget(QLabel("<b>Training set</b>"))
         layout.addLayout(folder)
         layout.addWidget(button("add", "Add to training set", self.add_to_training_set,
                                 "Save image + instances + classes of this plane into the folder"))
         layout.addWidget(self.status_label)
         layout.addStretch(1)
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.NoFrame)
+        self.scroll.setWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self.scroll)
 
         self._refresh_layers()
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed,
@@ -217,8 +302,11 @@ class CorrectWidget(QWidget):
         image_name = info.get("image_layer")
         if image_name and self.image_combo.findText(image_name) >= 0:
             self.image_combo.setCurrentIndex(self.image_combo.findText(image_name))
+        self._indexes = {}
         if "index" not in layer.features.columns or len(layer.features) == 0 and np.asarray(layer.data).any():
-            self._update_features(None)
+            names = info["class_names"]
+            layer.features = features_frame(np.asarray(layer.data), np.asarray(self.classes_layer.data), names,
+                                            info["scores"])
 
         self._fill_class_combo()
 
@@ -235,7 +323,11 @@ class CorrectWidget(QWidget):
         layer.events.data.connect(self._on_data_replaced)
         self.classes_layer.events.paint.connect(self._on_user_paint_classes)
         self._undo, self._redo = [], []
-        self.clear_selection()
+        self.selection = set()
+        # the outline overlay exists before the first Ctrl+click (adding a layer is a long stall in
+        # napari); made once control is back in the event loop, apart from adding the result layers
+        QTimer.singleShot(0, self._ensure_selection_layer)
+        self._show_selection()
 
     def _detach(self) -> None:
         layer = self.layer
@@ -254,6 +346,8 @@ class CorrectWidget(QWidget):
             self.classes_layer.events.paint.disconnect(self._on_user_paint_classes)
         self._remove_seeds_layer()
         self._remove_selection_layer()
+        self._indexes = {}
+        self._pending_paint = []
         self.layer = self.classes_layer = None
 
     def _fill_class_combo(self) -> None:
@@ -270,10 +364,17 @@ class CorrectWidget(QWidget):
         self.class_combo.setCurrentIndex(max(index, 0))
 
     def _on_data_replaced(self, event=None) -> None:
-        """A new segmentation replaced the layer's data: earlier edits and the selection no longer apply."""
+        """A new segmentation replaced the layer's data: earlier edits, the selection, the index no longer apply."""
         if self._applying or self.layer is None:
             return
         self._undo, self._redo = [], []
+        self._indexes = {}
+        self._outlined = {}
+        if self._selection_layer is not None and self._selection_layer.data.shape != self.layer.data.shape:
+            self._remove_selection_layer()
+            QTimer.singleShot(0, self._ensure_selection_layer)
+        elif self._selection_layer is not None:
+            self._selection_layer.data = np.zeros(self.layer.data.shape, np.uint8)
         self.clear_selection()
         self._fill_class_combo()
 
@@ -310,6 +411,51 @@ class CorrectWidget(QWidget):
         plane = self.plane()
         return np.asarray(self.classes_layer.data[plane] if plane else self.classes_layer.data)
 
+    def _views(self, plane: tuple[int, ...]) -> tuple[_PlaneView, _PlaneView]:
+        return _PlaneView(self.layer.data, plane), _PlaneView(self.classes_layer.data, plane)
+
+    # ------------------------------------------------------------------ instance index
+    def index(self, plane: tuple[int, ...] | None = None) -> InstanceIndex:
+        """The instance index of a plane (the one on screen by default), made on first use.
+
+        A 2-D result from the Segment widget brings its index (made in the job) in the layer metadata.
+        """
+        plane = self.plane() if plane is None else plane
+        index = self._indexes.get(plane)
+        if index is None:
+            shape = tuple(self.layer.data.shape[-2:])
+            carried = self.info.get("index") if not plane else None
+            if isinstance(carried, InstanceIndex) and tuple(carried.shape) == shape:
+                index = carried
+            else:
+                index = self._build_index(plane)
+            self._indexes[plane] = index
+        return index
+
+    def _build_index(self, plane: tuple[int, ...]) -> InstanceIndex:
+        index = InstanceIndex.build(self._plane_array(self.layer, plane), self._plane_array(self.classes_layer, plane),
+                                    default_class=self.current_class())
+        self._indexes[plane] = index
+        if not plane:
+            self.info["index"] = index
+        return index
+
+    @staticmethod
+    def _plane_array(layer, plane: tuple[int, ...]) -> np.ndarray:
+        return np.asarray(layer.data[plane] if plane else layer.data)
+
+    def _checked_index(self, ids) -> InstanceIndex:
+        """The index, re-made if it disagrees with the pixels of the instances about to be edited
+        (the layer was changed behind the widget's back, e.g. by a script)."""
+        plane = self.plane()
+        index = self.index(plane)
+        labels = _PlaneView(self.layer.data, plane)
+        for label in ids:
+            label = int(label)
+            if label not in index or int((labels[index.bbox(label)] == label).sum()) != index.area_of(label):
+                return self._build_index(plane)
+        return index
+
     # ------------------------------------------------------------------ applying edits
     def _guarded(self, slot: Callable) -> None:
         """Run a tool; user mistakes (nothing selected, seeds outside, ...) become a notification."""
@@ -324,72 +470,87 @@ class CorrectWidget(QWidget):
             self.status_label.setText(str(exc))
             show_warning(str(exc))
 
-    def _write(self, layer, new_plane: np.ndarray, plane: tuple[int, ...]) -> bool:
-        old = np.asarray(layer.data[plane] if plane else layer.data)
-        changed = old != new_plane
-        if not changed.any():
-            return False
-        rows, cols = np.nonzero(changed)
-        index = tuple(np.full(rows.shape, p, dtype=np.intp) for p in plane) + (rows, cols)
-        values = new_plane[changed].astype(layer.data.dtype, copy=False)
-        with layer.block_history():
-            if layer.visible:
-                layer.data_setitem(index, values)
-            else:
-                # napari does not slice hidden layers, and data_setitem updates the (empty) slice view;
-                # record the same history atom data_setitem would and write the data directly
-                layer._save_history((index, np.array(layer.data[index], copy=True), values))
-                layer.data[index] = values
-        if not layer.visible:
-            layer.refresh()
-        return True
+    def apply_patches(self, patches: list, what: str = "", scores: dict[int, float] | None = None) -> bool:
+        """Write patches (:class:`cellzoo.annotate.Patch`) of the plane on screen as one undoable edit.
 
-    def apply(self, labels: np.ndarray | None = None, classes: np.ndarray | None = None, what: str = "",
-              scores: dict[int, float] | None = None) -> bool:
-        """Write a new labels and/or classes plane as one undoable edit; keep classes and table in sync.
-
-        Instances whose pixels change lose their model score (NaN in the table: edited by hand),
-        unless ``scores`` gives the new score table (relabelling keeps each object's score).
+        Only the changed pixels of each patch's box are written; the index, the features table and the
+        selection outline follow. Instances whose pixels change lose their model score (NaN in the
+        table: edited by hand), unless ``scores`` gives the new score table.
         """
         plane = self.plane()
-        scores_before = dict(self.info["scores"])
-        if labels is not None and classes is None:
-            classes = annotate.sync_classes(labels, self.classes_plane(), default_class=self.current_class())
-        if labels is not None:
-            if scores is None:
-                old = self.labels_plane()
-                touched = set(np.unique(old[old != labels]).tolist()) | set(np.unique(labels[old != labels]).tolist())
-                scores = {k: v for k, v in scores_before.items() if k not in touched}
-            self.info["scores"] = scores
-        changed = []
+        lead = tuple(slice(p, p + 1) for p in plane)
+        changes: list[_Change] = []
         self._applying = True
         try:
-            if labels is not None and self._write(self.layer, labels, plane):
-                changed.append(self.layer)
-            if classes is not None and self._write(self.classes_layer, classes, plane):
-                changed.append(self.classes_layer)
+            for patch in patches:
+                for layer, values in ((self.layer, patch.labels), (self.classes_layer, patch.classes)):
+                    if values is None:
+                        continue
+                    key = (*lead, *patch.window)
+                    old = np.array(layer.data[key], copy=True)
+                    new = np.asarray(values, dtype=layer.data.dtype).reshape(old.shape)
+                    if _set_pixels(layer, key, new, old):
+                        changes.append(_Change(layer, key, old, new.copy()))
         finally:
             self._applying = False
-        if not changed:
-            self.info["scores"] = scores_before
-            self.status_label.setText(f"{what}: nothing changed.")
+        if not changes:
+            self.status_label.setText(f"{what}: nothing changed." if what else "Nothing changed.")
             return False
-        self._undo.append(_Edit(plane, changed, scores_before, dict(self.info["scores"])))
+        return self._record(plane, changes, what, scores)
+
+    def _record(self, plane: tuple[int, ...], changes: list[_Change], what: str,
+                scores: dict[int, float] | None = None) -> bool:
+        scores_before = dict(self.info["scores"])
+        touched = self._reindex(plane, changes)
+        if scores is None:
+            scores = {k: v for k, v in scores_before.items() if k not in touched}
+        self.info["scores"] = scores
+        self._undo.append(_Edit(plane, changes, scores_before, dict(scores), what))
         self._redo.clear()
-        self._update_features(plane)
-        self.selection &= set(np.unique(self.labels_plane()).tolist())
-        self._show_selection()
+        self._after_edit(plane, touched)
         self.status_label.setText(f"{what} done." if what else "")
         return True
 
+    def _reindex(self, plane: tuple[int, ...], changes: list[_Change], undoing: bool = False) -> set[int]:
+        """Bring the plane's index up to date after ``changes``; return the ids whose pixels changed."""
+        index = self.index(plane)
+        n_lead = len(plane)
+        label_changes, class_windows = [], []
+        for change in changes:
+            window = change.key[n_lead:]
+            before, after = (change.new, change.old) if undoing else (change.old, change.new)
+            before, after = before.reshape(before.shape[-2:]), after.reshape(after.shape[-2:])
+            if change.layer is self.layer:
+                label_changes.append((window, before, after))
+            else:
+                class_windows.append((window, before != after))
+        plane_size = int(np.prod(self.layer.data.shape[-2:]))
+        if sum(window_size(c[0]) for c in label_changes) > _REBUILD_SHARE * plane_size:
+            touched: set[int] = set()
+            for window, before, after in label_changes:
+                changed = before != after
+                touched |= set(np.unique(before[changed]).tolist()) | set(np.unique(after[changed]).tolist())
+            self._build_index(plane)
+            return touched - {0}
+        search = index.search_windows(label_changes)
+        touched = set(search)
+        labels, classes = self._views(plane)
+        for window, changed in class_windows:  # instances whose class pixels changed: majority class again
+            for label in np.unique(labels[window][changed]).tolist():
+                if label and label not in search:
+                    search[label] = index.bbox(label) if label in index else window
+        index.refresh(labels, classes, search, new_class=self.current_class())
+        return touched
+
+    def _after_edit(self, plane: tuple[int, ...], touched: set[int]) -> None:
+        set_plane_rows(self.layer, plane, self.index(plane))
+        index = self.index(plane)
+        self.selection = {i for i in self.selection if i in index}
+        self._show_selection(redraw=touched)
+
     def _update_features(self, plane: tuple[int, ...] | None) -> None:
-        layer = self.layer
-        classes = np.asarray(self.classes_layer.data) if self.classes_layer is not None else None
-        if plane is None and layer.ndim > 2:
-            layer.features = features_frame(np.asarray(layer.data), classes, self.info["class_names"],
-                                            self.info["scores"])
-            return
-        update_plane_features(layer, plane or (), classes)
+        """Rebuild the features rows of a plane (the one on screen by default) from its index."""
+        set_plane_rows(self.layer, self.plane() if plane is None else plane, self.index(plane))
 
     def _on_user_paint(self, event=None) -> None:
         """The user painted / erased / filled with napari's own tools: bring the class layer along.
@@ -399,35 +560,93 @@ class CorrectWidget(QWidget):
         """
         if self._applying or self.layer is None:
             return
+        item = list(getattr(event, "value", None) or [])
+        self._pending_paint.append((self.layer, item))
         QTimer.singleShot(0, self._sync_after_user_paint)
-
-    def _sync_after_user_paint(self) -> None:
-        if self.layer is None:
-            return
-        plane = self.plane()
-        classes = annotate.sync_classes(self.labels_plane(), self.classes_plane(), default_class=self.current_class())
-        self._applying = True
-        try:
-            changed_classes = self._write(self.classes_layer, classes, plane)
-        finally:
-            self._applying = False
-        scores = dict(self.info["scores"])
-        self._undo.append(_Edit(plane, [self.layer, self.classes_layer] if changed_classes else [self.layer],
-                                scores, scores))
-        self._redo.clear()
-        self._update_features(plane)
 
     def _on_user_paint_classes(self, event=None) -> None:
         if self._applying or self.layer is None:
             return
-        plane = self.plane()
-        scores = dict(self.info["scores"])
-        self._undo.append(_Edit(plane, [self.classes_layer], scores, scores))
-        self._redo.clear()
-        self._update_features(plane)
+        item = list(getattr(event, "value", None) or [])
+        self._pending_paint.append((self.classes_layer, item))
+        QTimer.singleShot(0, self._sync_after_user_paint)
+
+    @staticmethod
+    def _stroke_change(layer, item: list) -> _Change | None:
+        """One box with the values before and after a napari history item (a stroke's atoms)."""
+        boxes, atoms = [], []
+        for atom in item:
+            if hasattr(atom, "slice_key"):  # napari's mask-based paint/fill atom
+                box = tuple(atom.slice_key)
+                atoms.append(("mask", box, atom.mask, atom.old_values))
+            else:  # (indices, old values, new values) from data_setitem
+                indices, old_values, _new = atom
+                indices = tuple(np.asarray(i) for i in indices)
+                if indices[0].size == 0:
+                    continue
+                box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in indices)
+                atoms.append(("fancy", box, indices, old_values))
+            boxes.append(box)
+        if not boxes:
+            return None
+        key = boxes[0]
+        for box in boxes[1:]:
+            key = union_window(key, box)
+        new = np.array(layer.data[key], copy=True)
+        old = new.copy()
+        for kind, box, where, old_values in reversed(atoms):  # undo the atoms, last first, on a copy
+            if kind == "mask":
+                region = old[tuple(slice(b.start - k.start, b.stop - k.start) for b, k in zip(box, key))]
+                if where is None:
+                    region[...] = old_values
+                else:
+                    region[where] = old_values
+            else:
+                old[tuple(i - k.start for i, k in zip(where, key))] = old_values
+        return _Change(layer, key, old, new)
+
+    def _sync_after_user_paint(self) -> None:
+        pending, self._pending_paint = self._pending_paint, []
+        if self.layer is None:
+            return
+        for layer, item in pending:
+            if layer is not self.layer and layer is not self.classes_layer:
+                continue
+            change = self._stroke_change(layer, item) if item else None
+            if change is None:
+                continue
+            n_lead = self.layer.ndim - 2
+            lead = change.key[:n_lead]
+            if any(s.stop - s.start != 1 for s in lead):  # painted across planes (3-D brush): re-index those
+                for plane in list(self._indexes):
+                    if all(s.start <= p < s.stop for p, s in zip(plane, lead)):
+                        del self._indexes[plane]
+                self._undo.append(_Edit(self.plane(), [change], dict(self.info["scores"]),
+                                        dict(self.info["scores"]), "Paint"))
+                self._redo.clear()
+                continue
+            plane = tuple(s.start for s in lead)
+            changes = [change]
+            if layer is self.layer:
+                # each painted pixel takes the class of its instance; a new instance the chosen class
+                window = change.key[n_lead:]
+                painted = (change.old != change.new).reshape(change.new.shape[-2:])
+                labels, classes = self._views(plane)
+                patch = annotate.plan_classes_after_paint(labels, classes, self.index(plane), window,
+                                                          self.current_class(), painted=painted)
+                old = np.array(self.classes_layer.data[change.key], copy=True)
+                new = patch.classes.reshape(old.shape)
+                self._applying = True
+                try:
+                    if _set_pixels(self.classes_layer, change.key, new, old):
+                        changes.append(_Change(self.classes_layer, change.key, old, new.copy()))
+                finally:
+                    self._applying = False
+            self._record(plane, changes, "Paint")
+            self.status_label.setText("")
 
     def undo(self) -> None:
-        """Undo the last edit on the instances and class layers (napari's history)."""
+        """Undo the last edit on the instances and class layers."""
         self._step(self._undo, self._redo, undoing=True)
 
     def redo(self) -> None:
@@ -440,16 +659,16 @@ class CorrectWidget(QWidget):
         edit = source.pop()
         self._applying = True
         try:
-            for layer in (reversed(edit.layers) if undoing else edit.layers):
-                layer.undo() if undoing else layer.redo()
+            for change in (reversed(edit.changes) if undoing else edit.changes):
+                _set_pixels(change.layer, change.key, change.old if undoing else change.new)
         finally:
             self._applying = False
         target.append(edit)
+        touched = self._reindex(edit.plane, edit.changes, undoing=undoing) if edit.plane in self._indexes else set()
         self.info["scores"] = dict(edit.scores_before if undoing else edit.scores_after)
-        self._update_features(edit.plane)
-        self.selection &= set(np.unique(self.labels_plane()).tolist())
-        self._show_selection()
-        self.status_label.setText("Undone." if undoing else "Redone.")
+        if edit.plane == self.plane() or not self.plane():
+            self._after_edit(edit.plane, touched)
+        self.status_label.setText(("Undone" if undoing else "Redone") + (f": {edit.what}." if edit.what else "."))
 
     # ------------------------------------------------------------------ mouse
     def _on_click(self, layer, event) -> None:
@@ -462,7 +681,7 @@ class CorrectWidget(QWidget):
         height, width = layer.data.shape[-2:]
         if not (0 <= row < height and 0 <= col < width):
             return
-        label = int(self.labels_plane()[row, col])
+        label = int(np.asarray(layer.data[(*plane, row, col)]))
         if "Alt" in modifiers:
             self.add_seed((*plane, row, col))
         elif "Shift" in modifiers and label:
@@ -481,32 +700,68 @@ class CorrectWidget(QWidget):
             self._seeds_layer.data = np.zeros((0, self.layer.ndim)) if self.layer is not None else []
         self._show_selection()
 
-    def _show_selection(self) -> None:
+    def _ensure_selection_layer(self):
+        """The overlay that outlines the selected instances: one uint8 layer, drawn object by object."""
+        if self.layer is None:
+            return None
+        overlay = self._selection_layer
+        if overlay is None or overlay not in self.viewer.layers:
+            self._outlined = {}
+            active = self.viewer.layers.selection.active
+            overlay = self._selection_layer = self.viewer.add_labels(
+                np.zeros(self.layer.data.shape, np.uint8), name=f"{self.layer.name} selection", opacity=1.0,
+                blending="translucent_no_depth",
+                colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: "yellow"}),
+                scale=self.layer.scale, translate=self.layer.translate,
+                metadata={META_KEY: {"instances_layer": self.layer.name, "role": "selection"}})
+            overlay.editable = False
+            if active is not None and active in self.viewer.layers:
+                self.viewer.layers.selection.active = active
+        return overlay
+
+    def _show_selection(self, redraw: set[int] | frozenset = frozenset()) -> None:
+        """Outline the selected instances: erase the outlines of instances no longer selected (or
+        changed, ``redraw``) and draw the missing ones, each in its own box."""
         text = ", ".join(str(i) for i in sorted(self.selection)) or "none"
         self.selection_label.setText(f"selected: {text}")
         if self.layer is None:
             return
         if self.selection:
             self.layer.selected_label = max(self.selection)
-        # a thick yellow outline around every selected instance (napari highlights only one label)
-        mask = np.zeros(self.layer.data.shape, np.uint8)
-        if self.selection:
-            plane = self.plane()
-            mask[plane] = np.isin(self.labels_plane(), sorted(self.selection))
-        overlay = self._selection_layer
-        if overlay is None or overlay not in self.viewer.layers:
-            if not self.selection:
-                return
-            overlay = self._selection_layer = self.viewer.add_labels(
-                mask, name=f"{self.layer.name} selection", opacity=1.0, blending="translucent_no_depth",
-                colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: "yellow"}),
-                scale=self.layer.scale, translate=self.layer.translate,
-                metadata={META_KEY: {"instances_layer": self.layer.name, "role": "selection"}})
-            overlay.contour = 3
-            overlay.editable = False
-            self.viewer.layers.selection.active = self.layer
-        else:
-            overlay.data = mask
+        plane = self.plane()
+        stale = {i for i, (p, _w) in self._outlined.items() if i not in self.selection or i in redraw or p != plane}
+        wanted = {i for i in self.selection if i not in self._outlined or i in stale}
+        if not stale and not wanted:
+            return
+        overlay = self._ensure_selection_layer()
+        erased = []
+        for label in stale:
+            drawn_plane, window = self._outlined.pop(label)
+            key = (*(slice(p, p + 1) for p in drawn_plane), *window)
+            old = np.asarray(overlay.data[key])
+            _set_pixels(overlay, key, np.zeros_like(old), old)
+            if drawn_plane == plane:
+                erased.append(window)
+        # outlines of other selected instances that shared an erased box are drawn again
+        for label, (drawn_plane, window) in list(self._outlined.items()):
+            if any(all(a.start < b.stop and b.start < a.stop for a, b in zip(window, w)) for w in erased):
+                self._outlined.pop(label)
+                wanted.add(label)
+        index = self.index(plane)
+        labels = _PlaneView(self.layer.data, plane)
+        lead = tuple(slice(p, p + 1) for p in plane)
+        for label in sorted(wanted):
+            if label not in index:
+                continue
+            window = pad_window(index.bbox(label), 1, index.shape)
+            inside = labels[window] == label
+            # a 2-3 px band along the inside of the border
+            outline = inside & ~ndimage.binary_erosion(inside, iterations=2)
+            key = (*lead, *window)
+            old = np.asarray(overlay.data[key]).reshape(outline.shape)
+            new = np.where(outline, 1, old).astype(np.uint8)
+            _set_pixels(overlay, key, new.reshape(np.asarray(overlay.data[key]).shape))
+            self._outlined[label] = (plane, window)
 
     def seeds_layer(self):
         if self._seeds_layer is None or self._seeds_layer not in self.viewer.layers:
@@ -520,6 +775,7 @@ class CorrectWidget(QWidget):
         if self._selection_layer is not None and self._selection_layer in self.viewer.layers:
             self.viewer.layers.remove(self._selection_layer)
         self._selection_layer = None
+        self._outlined = {}
 
     def _remove_seeds_layer(self) -> None:
         if self._seeds_layer is not None and self._seeds_layer in self.viewer.layers:
@@ -552,64 +808,88 @@ class CorrectWidget(QWidget):
                              f"with Ctrl+click to {action}.")
         return sorted(self.selection)
 
+    def _planned(self, plan: Callable, ids, *args, **kwargs) -> list:
+        """Run a planning function of :mod:`cellzoo.annotate` on the plane on screen."""
+        index = self._checked_index(ids)
+        labels, classes = self._views(self.plane())
+        return plan(labels, classes, index, *args, **kwargs)
+
     def delete(self, label: int) -> None:
-        self.apply(annotate.delete_instance(self.labels_plane(), label), what=f"Delete {label}")
+        self.apply_patches(self._planned(annotate.plan_delete, [label], [label]), what=f"Delete {label}")
 
     def delete_selected(self) -> None:
-        labels = self.labels_plane()
-        for label in self._require_selection(1, "delete it"):
-            labels = annotate.delete_instance(labels, label)
-        self.apply(labels, what="Delete")
+        ids = self._require_selection(1, "delete it")
+        self.apply_patches(self._planned(annotate.plan_delete, ids, ids), what=f"Delete {ids}")
         self.selection.clear()
         self._show_selection()
 
     def merge_selected(self) -> None:
         ids = self._require_selection(2, "merge them")
-        self.apply(annotate.merge_instances(self.labels_plane(), ids), what=f"Merge {ids}")
+        self.apply_patches(self._planned(annotate.plan_merge, ids, ids), what=f"Merge {ids}")
         self.selection = {ids[0]}
-        self._show_selection()
+        self._show_selection(redraw={ids[0]})
 
     def split_at_seeds(self) -> None:
         seeds = self._seeds_in_plane()
-        labels = self.labels_plane()
         if len(seeds) < 2:
             raise ValueError("place at least two seed points with Alt+click inside the instance to split.")
+        plane = self.plane()
+        height, width = self.layer.data.shape[-2:]
         rows, cols = np.round(seeds).astype(int).T
-        inside = (rows >= 0) & (rows < labels.shape[0]) & (cols >= 0) & (cols < labels.shape[1])
-        under = set(labels[rows[inside], cols[inside]].tolist()) - {0}
-        if len(under) != 1 or not inside.all() or 0 in labels[rows, cols]:
+        inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+        values = [int(np.asarray(self.layer.data[(*plane, r, c)])) for r, c in zip(rows[inside], cols[inside])]
+        under = set(values) - {0}
+        if len(under) != 1 or not inside.all() or 0 in values:
             raise ValueError("all seed points must lie inside one and the same instance; "
                              f"they touch {sorted(under) or 'no instance'}.")
         (label,) = under
         image = None
         if self.image_layer is not None:
             data = self.image_layer.data
-            plane = self.plane()
-            image = np.asarray(data[plane] if plane else data)
-            if image.shape[:2] != labels.shape:
-                image = None  # a differently shaped image cannot guide the cut: use the object shape
-        self.apply(annotate.split_instance(labels, label, seeds, image=image), what=f"Split {label}")
+            if tuple(data.shape[len(plane):len(plane) + 2]) == (height, width):
+                image = _PlaneView(data, plane)  # only the instance's box is read
+        patches = self._planned(annotate.plan_split, [label], label, seeds, image=image)
+        self.apply_patches(patches, what=f"Split {label}")
         self.clear_selection()
 
     def new_instance(self) -> None:
         """Select the next free id and the paint brush, so the next stroke draws a new instance."""
         layer = self.layer
-        layer.selected_label = annotate.next_free_id(np.asarray(layer.data))
+        if layer.ndim == 2:
+            layer.selected_label = self.index().next_id
+        else:  # ids are unique across the planes of a stack
+            layer.selected_label = annotate.next_free_id(np.asarray(layer.data))
         layer.mode = "paint"
         self.viewer.layers.selection.active = layer
         self.status_label.setText(f"Paint instance {layer.selected_label} (class {self.class_combo.currentText()}).")
 
     def assign_class_to_selection(self) -> None:
         ids = self._require_selection(1, "set its class")
-        classes = annotate.assign_class(self.labels_plane(), self.classes_plane(), ids, self.current_class())
-        self.apply(classes=classes, what=f"Class {self.class_combo.currentText()} for {ids}")
+        patches = self._planned(annotate.plan_assign_class, ids, ids, self.current_class())
+        self.apply_patches(patches, what=f"Class {self.class_combo.currentText()} for {ids}",
+                           scores=dict(self.info["scores"]))
 
     def fill_holes(self) -> None:
-        self.apply(annotate.fill_holes(self.labels_plane()), what="Fill holes")
+        labels = self.labels_plane()
+        filled = annotate.fill_holes(labels)
+        changed = filled != labels
+        if not changed.any():
+            self.status_label.setText("Fill holes: nothing changed.")
+            return
+        # each filled pixel takes its instance's class
+        lut = self.index().class_lookup()
+        classes = self.classes_plane()
+        new_classes = np.where(changed, lut[np.minimum(filled, lut.size - 1)], classes).astype(classes.dtype)
+        whole = (slice(0, labels.shape[0]), slice(0, labels.shape[1]))
+        self.apply_patches([annotate.Patch(whole, filled, new_classes)], what="Fill holes")
 
     def remove_small(self) -> None:
         size = self.min_size_spin.value()
-        self.apply(annotate.remove_small(self.labels_plane(), size), what=f"Remove objects under {size} px")
+        patches = self._planned(annotate.plan_remove_small, [], size)
+        if not patches:
+            self.status_label.setText(f"Remove objects under {size} px: nothing changed.")
+            return
+        self.apply_patches(patches, what=f"Remove objects under {size} px")
 
     def relabel_sequential(self) -> None:
         labels = self.labels_plane()
@@ -618,9 +898,14 @@ class CorrectWidget(QWidget):
             others = np.asarray(self.layer.data).copy()
             others[self.plane()] = 0
             relabeled = np.where(relabeled > 0, relabeled + int(others.max()), 0).astype(np.int32)
-        mapping = {int(old): int(new) for old, new in zip(labels[labels > 0], relabeled[labels > 0])}
+        index = self.index()
+        old_ids = index.ids()
+        # an instance's new id is its new value at any one of its pixels (relabelling keeps the partition)
+        new_ids = [int(relabeled[index.bbox(i)][labels[index.bbox(i)] == i][0]) for i in old_ids]
+        mapping = dict(zip(old_ids.tolist(), new_ids))
         scores = {mapping.get(k, k): v for k, v in self.info["scores"].items()}
-        self.apply(relabeled, what="Relabel", scores=scores)
+        whole = (slice(0, labels.shape[0]), slice(0, labels.shape[1]))
+        self.apply_patches([annotate.Patch(whole, relabeled)], what="Relabel", scores=scores)
 
     # ------------------------------------------------------------------ training set
     def _browse(self) -> None:
