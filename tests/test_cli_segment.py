@@ -68,10 +68,40 @@ def test_sample_and_folder_inputs(tmp_path, model_file, shared_data, capsys, mon
     folder.mkdir()
     for image in sorted((shared_data / "dsb2018" / "test" / "images").glob("*.tif"))[:2]:
         shutil.copy(image, folder)
-    for _run in range(2):  # the second run skips the *_instances.tif written by the first
-        assert main(["segment", str(folder), "--model", str(model_file)]) == 0
-        assert capsys.readouterr().out.count(" objects, ") == 2
+    assert main(["segment", str(folder), "--model", str(model_file)]) == 0
+    assert capsys.readouterr().out.count(" objects, ") == 2
+    first = {p.name: p.read_bytes() for p in folder.glob("*_instances.tif")}
+    # a second run never replaces the first run's results silently ...
+    assert main(["segment", str(folder), "--model", str(model_file)]) == 2
+    err = capsys.readouterr().err
+    assert "results of an earlier run exist" in err and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in folder.glob("*_instances.tif")} == first
+    # ... and with --overwrite it skips the *_instances.tif written by the first run and replaces the results
+    assert main(["segment", str(folder), "--model", str(model_file), "--overwrite"]) == 0
+    assert capsys.readouterr().out.count(" objects, ") == 2
     assert len(list(folder.glob("*_instances.tif"))) == 2
+
+
+def test_output_names_never_collide(tmp_path, model_file, shared_data, capsys):
+    import shutil
+
+    image = sorted((shared_data / "dsb2018" / "test" / "images").glob("*.tif"))[0]
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(image, inputs / "slide.x.tif")
+    shutil.copy(image, inputs / "slide.y.tif")
+    tifffile.imwrite(inputs / "slide.tif", tifffile.imread(image))
+    import imageio.v3 as iio
+
+    iio.imwrite(inputs / "slide.png", tifffile.imread(image)[..., :3])
+    out = tmp_path / "out"
+    assert main(["segment", str(inputs), "--model", str(model_file), "--out", str(out), "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["slide.x_instances.tif", "slide.y_instances.tif",
+                                                    "slide_png_instances.tif", "slide_tif_instances.tif"]
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    assert main(["segment", str(image), "--model", str(model_file), "--out", str(a_file)]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
 
 
 def test_scale_option_resizes_and_keeps_the_image_size(tmp_path, model_file, shared_data, capsys):

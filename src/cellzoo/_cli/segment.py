@@ -42,6 +42,8 @@ def add_arguments(parser):
                         help="input scaling (default: auto; percentile for 16-bit / fluorescence)")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="post-processing parameter, e.g. --param boundary_threshold=5 (repeatable)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace result files of an earlier run (without it, existing results are an error)")
     parser.add_argument("--out", "-o", default=None,
                         help="output folder (default: next to each input)")
     parser.add_argument("--geojson", action="store_true", help="also write <stem>.geojson (QuPath)")
@@ -78,6 +80,57 @@ def _collect_inputs(inputs: list[str]) -> list[Path]:
         else:
             raise FileNotFoundError(f"input {path} does not exist")
     return paths
+
+
+#: multi-part suffixes kept out of the output stem ("a.ome.tif" -> "a", but "slide.x.png" -> "slide.x")
+COMPOUND_SUFFIXES = (".ome.tif", ".ome.tiff")
+
+
+def _output_stem(path: Path) -> str:
+    name = path.name
+    for suffix in COMPOUND_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _plan_outputs(paths: list[Path], out: str | None, typed: bool, geojson: bool,
+                  overwrite: bool) -> list[tuple[Path, Path, str]]:
+    """(input, output folder, output stem) for every input, checked before any image is segmented.
+
+    Two inputs that would write the same files (``slide.png`` + ``slide.tif`` into one folder) get their
+    suffix in the stem instead of one silently replacing the other; results of an earlier run are only
+    replaced with ``--overwrite``.
+    """
+    if out is not None and Path(out).expanduser().exists() and not Path(out).expanduser().is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder (it is created if missing)")
+    planned = []
+    for path in paths:
+        out_dir = Path(out).expanduser() if out else path.parent
+        planned.append((path, out_dir, _output_stem(path)))
+    keys = [(out_dir.resolve(), stem) for _, out_dir, stem in planned]
+    clashing = {key for key in keys if keys.count(key) > 1}
+    planned = [(path, out_dir, f"{stem}_{path.suffix.lstrip('.').lower()}" if key in clashing else stem)
+               for (path, out_dir, stem), key in zip(planned, keys)]
+    if len({(d.resolve(), s) for _, d, s in planned}) < len(planned):
+        raise ValueError("two inputs have the same name and suffix; give them different names or --out folders")
+    if not overwrite:
+        existing = [out_dir / name for _, out_dir, stem in planned
+                    for name in _output_names(stem, typed, geojson) if (out_dir / name).exists()]
+        if existing:
+            shown = ", ".join(str(p) for p in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+            raise ValueError(f"results of an earlier run exist ({shown}); pass --overwrite to replace them, "
+                             "or choose another --out folder")
+    return planned
+
+
+def _output_names(stem: str, typed: bool, geojson: bool) -> list[str]:
+    names = [f"{stem}_instances.tif"]
+    if typed:
+        names.append(f"{stem}_classes.tif")
+    if geojson:
+        names.append(f"{stem}.geojson")
+    return names
 
 
 def _is_stack(image: np.ndarray, channel: int | None) -> bool:
@@ -118,12 +171,11 @@ def run(args) -> int:
     options = dict(tile=args.tile, batch_size=args.batch_size, device=args.device, tta=args.tta,
                    amp=not args.no_amp, params=params, channel=args.channel, normalize=args.normalize,
                    scale=args.scale)
+    planned = _plan_outputs(paths, args.out, typed, args.geojson, args.overwrite)
     print(f"model {model_name} ({model.family}, {len(paths)} image(s))", file=sys.stderr)
-    for path in paths:
+    for path, out_dir, stem in planned:
         image = read_image(path)
-        out_dir = Path(args.out) if args.out else path.parent
         out_dir.mkdir(parents=True, exist_ok=True)
-        stem = path.name.split(".")[0]
         if _is_stack(image, args.channel):
             results = run_to_end(segment_stack_iter(model, image, **options))
             labels = np.stack([r.labels for r in results])
