@@ -1,4 +1,4 @@
-"""Command line: ``cellzoo segment | train | evaluate | zoo | export``.
+"""Command line: ``cellzoo segment | train | evaluate | zoo | export | suggest``.
 
 Each sub-command lives in ``cellzoo._cli.<name>`` with two functions,
 ``add_arguments(parser)`` and ``run(args) -> int``; this module only dispatches,
@@ -16,6 +16,7 @@ COMMANDS = {
     "evaluate": "Compare predicted instance maps with ground truth.",
     "zoo": "List, fetch and import models.",
     "export": "Export a dense model to TorchScript or ONNX.",
+    "suggest": "Rank image patches to annotate next (representative and where the model is unsure).",
 }
 
 

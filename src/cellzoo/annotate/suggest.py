@@ -481,3 +481,52 @@ def _forward_progress(gen, done: int, total: int, index: int):
 def suggest_patches(images, model=None, **kwargs) -> list[SuggestedPatch]:
     """:func:`suggest_iter` run to the end."""
     return run_to_end(suggest_iter(images, model, **kwargs))
+
+
+# ----------------------------------------------------------------------------- output
+CSV_COLUMNS = ("rank", "image", "y", "x", "size", "score", "representativeness", "inconsistency", "cluster")
+
+
+def suggestion_rows(patches: Sequence[SuggestedPatch], image_names: Sequence[str] | None = None) -> list[dict]:
+    """One dict per patch with :data:`CSV_COLUMNS` (``image``: its name, else its index)."""
+    rows = []
+    for p in patches:
+        name = image_names[p.image_index] if image_names is not None else str(p.image_index)
+        rows.append({"rank": p.rank, "image": name, "y": p.y, "x": p.x, "size": p.size,
+                     "score": round(p.score, 6), "representativeness": round(p.representativeness, 6),
+                     "inconsistency": round(p.inconsistency, 6), "cluster": p.cluster})
+    return rows
+
+
+def write_suggestions_csv(path, patches: Sequence[SuggestedPatch], image_names: Sequence[str] | None = None):
+    """Write the ranked table as CSV (atomically); returns the path."""
+    import csv
+    import io
+    from pathlib import Path
+
+    from .._atomic import atomic_write_text
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(suggestion_rows(patches, image_names))
+    atomic_write_text(path, buffer.getvalue())
+    return Path(path)
+
+
+def suggestions_geojson(patches: Sequence[SuggestedPatch]) -> dict:
+    """A QuPath-style FeatureCollection of the boxes as rectangle annotations named by rank (pixel-corner
+    (x, y) coordinates, as QuPath's File › Import objects expects), scores as measurements."""
+    features = []
+    for p in patches:
+        x0, y0, x1, y1 = p.x, p.y, p.x + p.size, p.y + p.size
+        ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+        features.append({"type": "Feature", "id": f"suggestion-{p.rank}",
+                         "geometry": {"type": "Polygon", "coordinates": [ring]},
+                         "properties": {"objectType": "annotation", "name": str(p.rank),
+                                        "classification": {"name": "Suggested", "color": [255, 200, 0]},
+                                        "measurements": {"rank": p.rank, "score": p.score,
+                                                         "representativeness": p.representativeness,
+                                                         "inconsistency": p.inconsistency,
+                                                         "cluster": p.cluster}}})
+    return {"type": "FeatureCollection", "features": features}
