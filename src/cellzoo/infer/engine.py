@@ -361,6 +361,7 @@ def _segment_prepared(model: CellModel, prepared: np.ndarray, *, tile, batch_siz
         post_started = time.perf_counter()
         instances = model.postprocess(maps, **params)
         post_seconds = time.perf_counter() - post_started
+        check_cancel(cancel)  # post-processing can take seconds: stop before any further stage
         if keep_maps:
             meta["maps"] = maps
     instances.labels = np.ascontiguousarray(instances.labels, dtype=np.int32)

@@ -21,7 +21,7 @@ from ..infer.device import select_device
 from ..infer.engine import segment_iter
 from ..infer.prepare import prepare_image
 from ..models.base import CellModel
-from ..types import CancelToken, Message, Progress, TrainStep, Validation, run_to_end
+from ..types import CancelToken, Message, Progress, TrainStep, Validation, check_cancel, run_to_end
 
 BEST_NAME = "best.safetensors"
 LAST_NAME = "last.safetensors"
@@ -119,6 +119,7 @@ def validation_metrics(model: CellModel, samples: Sequence[Sample], *, device, t
     typed = model.num_classes > 2
     yield Progress("validation", 0, len(samples))
     for index, sample in enumerate(samples):
+        check_cancel(cancel)  # between images too: one image can take seconds
         # tile progress is not forwarded: validation reports per image
         prediction = run_to_end(segment_iter(model, sample.image, device=device, tile=tile, amp=False,
                                              channels_last=False, cancel=cancel))
@@ -345,6 +346,9 @@ def train_iter(model: CellModel, train_samples: Iterable[Sample], val_samples: I
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                         outputs = model(images)
                     losses = model.loss(outputs, targets)
+                if cancel is not None and cancel.cancelled:  # skip the backward pass (most of a step)
+                    cancelled = True
+                    break
                 total = losses["total"]
                 if not torch.isfinite(total):
                     raise RuntimeError(f"training diverged at epoch {epoch}, step {step} (loss {float(total)}); "
