@@ -1,4 +1,8 @@
-"""`cellzoo train --family repsnet|fullnet --data PATH_OR_SHARED_NAME --out DIR [...]` with a progress bar."""
+"""`cellzoo train --family repsnet|fullnet --data PATH_OR_SHARED_NAME --out DIR [...]` with a progress bar.
+
+With ``--base MODEL`` the run is a fine-tune (:mod:`cellzoo.train.finetune`): the measured recipe, the base
+scored first on held-out data that never overlaps training, and a plain verdict when the tuned model does not
+beat the base."""
 from __future__ import annotations
 
 import json
@@ -37,6 +41,11 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--device", default=None, choices=DEVICE_CHOICES)
     parser.add_argument("--resume", action="store_true", default=None, help="continue from OUT/last_state.pt")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="with --base: training steps (default: scaled to the amount of data)")
+    parser.add_argument("--pseudo-data", default=None,
+                        help="with --base: folder of unlabelled images whose confident predictions join the "
+                             "training data (pseudo-labels)")
     parser.add_argument("--workers", dest="num_workers", type=int, default=None,
                         help="processes that make the training batches ahead of the model (0: in the main "
                              "process); a GPU run wants several")
@@ -92,6 +101,8 @@ def build_training_model(family: str | None, base: str | None, model_config: dic
 
 
 def run(args) -> int:
+    if args.base:
+        return run_finetune(args)
     from tqdm import tqdm
 
     from ..train import TrainConfig, train_iter
@@ -149,4 +160,92 @@ def run(args) -> int:
             bar.close()
     if result.best_path is not None:
         print(f"best checkpoint: {result.best_path} (validation PQ {result.best_metric:.4f})")
+    return 0
+
+
+def _recipe_options(args) -> dict:
+    """FinetuneRecipe overrides from --config and the flags; --epochs × --steps-per-epoch gives steps (an
+    "epoch" of a fine-tune is the stretch between two held-out evaluations)."""
+    for flag, key in (("--resume", "resume"), ("--workers", "num_workers"), ("--oversample-rare", "oversample_rare")):
+        if getattr(args, key) is not None:
+            raise ValueError(f"{flag} is not used when fine-tuning (--base); drop it")
+    options = _json_option(args.config, "--config")
+    for key in ("crop", "batch_size", "lr", "seed", "steps"):
+        value = getattr(args, key)
+        if value is not None:
+            options[key] = value
+    if args.augment is not None:
+        options["augment"] = args.augment
+    if args.steps_per_epoch is not None:
+        options["eval_every"] = args.steps_per_epoch
+    if args.epochs is not None:
+        if args.steps is not None:
+            raise ValueError("give --steps or --epochs with --base, not both")
+        if args.steps_per_epoch is None:
+            raise ValueError("with --base, --epochs needs --steps-per-epoch (steps between held-out "
+                             "evaluations); or give --steps, or neither for the data-scaled default")
+        options["steps"] = args.epochs * args.steps_per_epoch
+    return options
+
+
+def _load_images(folder: str) -> list:
+    from ..data.io import read_image
+
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"--pseudo-data {folder!r} is not a folder of images")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".tif", ".tiff", ".jpg", ".jpeg"))
+    if not files:
+        raise FileNotFoundError(f"--pseudo-data {folder!r} holds no .png/.tif/.jpg images")
+    return [read_image(p) for p in files]
+
+
+def run_finetune(args) -> int:
+    """``cellzoo train --base``: the base's held-out score first, each evaluation, then the verdict."""
+    from tqdm import tqdm
+
+    from ..train.finetune import FinetuneRecipe, finetune_iter, prepare_finetune_data
+    from ..types import Message, TrainStep, Validation
+
+    options = _recipe_options(args)
+    data = load_training_data(args.data)
+    val = load_training_data(args.val_data, "test") if args.val_data else None
+    model = build_training_model(args.family, args.base, _json_option(args.model_config, "--model-config"),
+                                 list(data.class_names))
+    prepared = prepare_finetune_data(list(data), list(val) if val is not None else None,
+                                     val_fraction=args.val_fraction if args.val_fraction is not None else 0.25,
+                                     seed=args.seed if args.seed is not None else 0)
+    if args.max_val_images is not None:
+        prepared.val = prepared.val[: args.max_val_images]
+    recipe = FinetuneRecipe.for_data(prepared.train, **options)
+    pseudo = _load_images(args.pseudo_data) if args.pseudo_data else None
+    bar = None
+    gen = finetune_iter(model, prepared, recipe, device=args.device or "auto", out_dir=args.out,
+                        pseudo_images=pseudo, base_name=args.base)
+    try:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            if isinstance(event, TrainStep):
+                if bar is None:
+                    bar = tqdm(total=event.steps_per_epoch, desc="fine-tune", unit="step", file=sys.stderr,
+                               disable=None)
+                bar.update(1)
+                bar.set_postfix(loss=f"{event.losses['total']:.4f}", lr=f"{event.lr:.2g}")
+            elif isinstance(event, Validation):
+                shown = ", ".join(f"{k} {event.metrics[k]:.4f}" for k in ("pq", "aji", "dice") if k in event.metrics)
+                if event.epoch == 0:
+                    print(f"base {args.base} on the held-out data: {shown}")
+                else:
+                    print(f"step {getattr(bar, 'n', 0)}: {shown}" + (" (best)" if event.best else ""))
+            elif isinstance(event, Message) and not event.text.startswith(("base on the held-out",
+                                                                             "did not beat", "improved on")):
+                print(event.text, file=sys.stderr)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(result.summary())
     return 0

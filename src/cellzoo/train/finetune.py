@@ -57,7 +57,11 @@ def selection_score(metrics: dict[str, float]) -> float:
 class FinetuneRecipe:
     """The fine-tuning defaults (measured: see benchmarks/results/finetune.md).
 
-    ``lr``: peak AdamW learning rate, reached after ``warmup_steps`` linear steps, then cosine to 0;
+    ``lr``: peak AdamW learning rate, reached after ``warmup_steps`` linear steps, then cosine to 0; ``None``
+    (default) chooses it from the base's held-out score (:func:`auto_lr`): ``lr_new_domain`` where the base
+    fails (a new domain: much to learn), ``lr_near_domain`` where it already scores well (a nudge; Adam's
+    first steps move every weight by about lr whatever its gradient, which in a fused, BatchNorm-free
+    network at 3e-4 wrecks a good model in one step);
     ``pull_to_base``: decoupled L2-SP, every step moves each weight ``lr * pull_to_base`` of the way back to
     its base value (no weight decay toward zero); ``freeze_encoder_steps``: the encoder stays fixed for these
     first steps (decoder and heads adapt first); ``bn``: "frozen" keeps BatchNorm statistics of the base
@@ -68,7 +72,9 @@ class FinetuneRecipe:
     ``time_budget_s``: wall-clock limit of the training (``None``: none)."""
 
     steps: int = 200
-    lr: float = 1e-4
+    lr: float | None = None
+    lr_new_domain: float = 3e-4
+    lr_near_domain: float = 3e-5
     warmup_steps: int = 20
     batch_size: int = 4
     crop: int = 256
@@ -88,7 +94,8 @@ class FinetuneRecipe:
     pseudo_share: float = 0.5
 
     def __post_init__(self) -> None:
-        checks = [(self.steps >= 1, "steps must be >= 1"), (self.lr > 0, "lr must be > 0"),
+        checks = [(self.steps >= 1, "steps must be >= 1"), (self.lr is None or self.lr > 0, "lr must be > 0 (or None: from the base's score)"),
+                  (self.lr_new_domain > 0 and self.lr_near_domain > 0, "lr_new_domain / lr_near_domain must be > 0"),
                   (self.warmup_steps >= 0, "warmup_steps must be >= 0"), (self.batch_size >= 1, "batch_size must be >= 1"),
                   (self.crop >= 16, "crop must be >= 16 px"), (self.pull_to_base >= 0, "pull_to_base must be >= 0"),
                   (self.bn in ("frozen", "train"), "bn must be 'frozen' or 'train'"),
@@ -113,7 +120,7 @@ class FinetuneRecipe:
         steps = int(np.clip(round(STEP_PASSES * pixels / (batch * crop * crop)), 60, 400))
         values = {"steps": steps, "warmup_steps": max(5, steps // 10), "eval_every": max(10, steps // 8)}
         values.update(overrides)
-        return cls(**values)
+        return cls.from_dict(values)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -310,7 +317,7 @@ class _CropSource:
 
     def crop(self, size: int, rng: np.random.Generator, centred: bool):
         h, w = self.labels.shape
-        if centred and len(self.centres) and h > size and w > size:
+        if centred and len(self.centres) and h >= size and w >= size:
             cy, cx = self.centres[rng.integers(len(self.centres))]
             jitter = rng.integers(-size // 4, size // 4 + 1, size=2)
             y = int(np.clip(cy - size // 2 + jitter[0], 0, h - size))
@@ -367,12 +374,25 @@ def _set_bn(model: torch.nn.Module, mode: str) -> None:
                 module.eval()
 
 
-def _lr_at(step: int, recipe: FinetuneRecipe, total: int) -> float:
+#: base selection scores at / above which the near-domain lr applies (at 0: the new-domain lr)
+GOOD_BASE_SCORE = 0.4
+
+
+def auto_lr(base_score: float, recipe: FinetuneRecipe) -> float:
+    """Peak learning rate for a base that scores ``base_score`` (:func:`selection_score`) on the held-out
+    data: log-linear from ``lr_new_domain`` at 0 to ``lr_near_domain`` at ``GOOD_BASE_SCORE`` and above."""
+    if recipe.lr is not None:
+        return recipe.lr
+    q = float(np.clip(base_score / GOOD_BASE_SCORE, 0.0, 1.0))
+    return float(math.exp((1 - q) * math.log(recipe.lr_new_domain) + q * math.log(recipe.lr_near_domain)))
+
+
+def _lr_at(step: int, recipe: FinetuneRecipe, total: int, peak: float) -> float:
     if recipe.warmup_steps and step <= recipe.warmup_steps:
-        return recipe.lr * step / recipe.warmup_steps
+        return peak * step / recipe.warmup_steps
     span = max(1, total - recipe.warmup_steps)
     progress = min(1.0, (step - recipe.warmup_steps) / span)
-    return recipe.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _state_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -412,13 +432,17 @@ def finetune_iter(model, data: FinetuneData, recipe: FinetuneRecipe | None = Non
     model.to(device)
     notes = list(data.notes)
     yield Message(f"fine-tuning {base_name} on {device_name}: {len(data.train)} training and {len(data.val)} "
-                  f"held-out image(s), {recipe.steps} steps at lr {recipe.lr:g}")
+                  f"held-out image(s), {recipe.steps} steps")
     for note in data.notes:
         yield Message(note)
 
     before = yield from validation_metrics(model, data.val, device=device, cancel=cancel)
     yield Message(f"base on the held-out data: PQ {before.get('pq', 0):.4f}, AJI {before.get('aji', 0):.4f}")
     yield Validation(0, before, False)
+    peak_lr = auto_lr(selection_score(before), recipe)
+    if recipe.lr is None:
+        notes.append(f"learning rate {peak_lr:.2g}, from the base's held-out score {selection_score(before):.3f}")
+        yield Message(notes[-1])
     base_state = _state_copy(model)
     base_params = {name: p.detach().clone() for name, p in model.named_parameters()}
 
@@ -434,9 +458,13 @@ def finetune_iter(model, data: FinetuneData, recipe: FinetuneRecipe | None = Non
         notes.append(f"pseudo-labels: {kept} confident instances (score ≥ {recipe.pseudo_min_score}) on "
                      f"{len(pairs)} unlabelled image(s)")
         yield Message(notes[-1])
-    crop = -(-recipe.crop // model.size_divisor) * model.size_divisor
+    # crops no larger than the smallest training image: a padded crop would show reflected nuclei labelled
+    # as background; the augmentation window is 30 % larger where the images allow (scaling brings no padding)
+    smallest = min(min(s.labels.shape) for s in data.train)
+    divisor = model.size_divisor
+    crop = max(divisor, min(-(-recipe.crop // divisor) * divisor, smallest // divisor * divisor))
+    window = max(crop, min(int(math.ceil(crop * 1.3)), smallest))
     augment = build_augment(list(recipe.augment) if isinstance(recipe.augment, tuple) else recipe.augment)
-    window = int(math.ceil(crop * 1.3))
 
     def make_batch():
         images, targets = [], []
@@ -455,7 +483,7 @@ def finetune_iter(model, data: FinetuneData, recipe: FinetuneRecipe | None = Non
 
     parameters = [p for p in model.parameters() if p.requires_grad]
     encoder_params = {id(p) for name, p in model.named_parameters() if name.startswith("encoder.")}
-    optimizer = torch.optim.AdamW(parameters, lr=recipe.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(parameters, lr=peak_lr, weight_decay=0.0)
     history: list[dict[str, Any]] = [{"step": 0, "metrics": before, "score": selection_score(before)}]
     best_score, best_metrics, best_state, best_step = -math.inf, None, None, 0
     evals_without_gain, cancelled, step = 0, False, 0
@@ -469,7 +497,7 @@ def finetune_iter(model, data: FinetuneData, recipe: FinetuneRecipe | None = Non
         model.train()
         _set_bn(model, recipe.bn)
         encoder_frozen = step <= recipe.freeze_encoder_steps
-        lr = _lr_at(step, recipe, recipe.steps)
+        lr = _lr_at(step, recipe, recipe.steps, peak_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
         images, targets = make_batch()
@@ -524,7 +552,7 @@ def finetune_iter(model, data: FinetuneData, recipe: FinetuneRecipe | None = Non
     after = best_metrics if best_metrics is not None else dict(before)
     improved = best_metrics is not None and selection_score(after) >= selection_score(before) + recipe.min_gain
     finetune_meta = {"base": base_name, "before": before, "after": after, "improved": bool(improved),
-                     "best_step": best_step, "steps_run": step, "recipe": recipe.to_dict(),
+                     "best_step": best_step, "steps_run": step, "lr": peak_lr, "recipe": recipe.to_dict(),
                      "selection": "mean of AJI and PQ on the held-out data", "min_gain": recipe.min_gain,
                      "notes": notes, "train_images": [s.name for s in data.train][:200],
                      "val_images": [s.name for s in data.val][:200], "holdout_region": data.holdout_region}
@@ -554,4 +582,4 @@ def finetune(model, data: FinetuneData, recipe: FinetuneRecipe | None = None, on
 
 
 __all__ = ["FinetuneRecipe", "FinetuneData", "FinetuneResult", "prepare_finetune_data", "finetune_iter", "finetune",
-           "image_fingerprint", "same_content", "holdout_stripe", "pseudo_label_samples", "selection_score"]
+           "auto_lr", "image_fingerprint", "same_content", "holdout_stripe", "pseudo_label_samples", "selection_score"]

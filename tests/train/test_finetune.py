@@ -1,0 +1,110 @@
+"""Fine-tuning on a few corrections: content de-duplication, region hold-out, the guard, a real tiny run."""
+import io
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from cellzoo.data import load_shared_dataset
+from cellzoo.data.sample import Sample
+from cellzoo.infer.engine import resolve_model
+from cellzoo.train.finetune import (NOT_BETTER_NAME, TUNED_NAME, FinetuneRecipe, finetune, holdout_stripe,
+                                    image_fingerprint, prepare_finetune_data, same_content, selection_score)
+from cellzoo.train.trainer import validation_metrics
+from cellzoo.types import run_to_end
+from cellzoo.zoo.weights import read_metadata
+
+
+@pytest.fixture(scope="module")
+def monuseg(shared_data):
+    data = load_shared_dataset("monuseg2018", "train", root=shared_data)
+    return [data[0], data[1], data[2]]
+
+
+def _region(sample, y, x, h, w, name=None):
+    window = (slice(y, y + h), slice(x, x + w))
+    return Sample(name or sample.name, sample.image[window].copy(), sample.labels[window].copy())
+
+
+def test_exact_and_near_duplicates_are_found_whatever_the_source(monuseg):
+    a, b = monuseg[0], monuseg[1]
+    # the same image as a "layer" (array, other name) and as a "folder" file read back through PNG
+    buffer = io.BytesIO()
+    iio.imwrite(buffer, a.image, extension=".png")
+    from_file = Sample("folder/a.png", iio.imread(buffer.getvalue(), extension=".png"), a.labels.copy())
+    assert same_content(image_fingerprint(a.image), image_fingerprint(from_file.image))
+    # a near copy: JPEG re-encoded, which changes most pixel values
+    jpeg = iio.imread(iio.imwrite("<bytes>", a.image, extension=".jpg", quality=80), extension=".jpg")
+    assert not np.array_equal(jpeg, a.image)
+    assert same_content(image_fingerprint(a.image), image_fingerprint(jpeg))
+    # a different image of the same size is not a copy
+    assert not same_content(image_fingerprint(a.image), image_fingerprint(b.image))
+
+    layer = Sample("layer pair", a.image.copy(), a.labels.copy())
+    data = prepare_finetune_data([layer, from_file, b, Sample("jpeg", jpeg, a.labels.copy())],
+                                 [from_file, monuseg[2]])
+    assert [s.name for s in data.train] == ["layer pair", b.name]
+    assert [s.name for s in data.val] == [monuseg[2].name]  # the training image was removed from validation
+    assert data.duplicates_removed == 3 and not data.holdout_region
+    assert any("duplicate" in note for note in data.notes) and any("also training" in note for note in data.notes)
+
+
+def test_one_image_holds_out_a_region_and_says_so(monuseg):
+    sample = _region(monuseg[0], 0, 0, 400, 600)
+    data = prepare_finetune_data([sample])
+    assert data.holdout_region and len(data.train) == len(data.val) == 1
+    train, val = data.train[0], data.val[0]
+    assert val.image.shape == (400, 150, 3) and train.image.shape == (400, 600 - 150 - 16, 3)
+    np.testing.assert_array_equal(val.image, sample.image[:, 450:])  # the right 25 %, untouched
+    np.testing.assert_array_equal(train.labels, sample.labels[:, :434])
+    assert "held out the last 25%" in data.notes[0] and "one image" in data.notes[0]
+    # a tall image is cut across its height
+    tall_train, tall_val = holdout_stripe(_region(monuseg[0], 0, 0, 600, 300))
+    assert tall_val.image.shape[:2] == (150, 300) and tall_train.image.shape[:2] == (434, 300)
+    with pytest.raises(ValueError, match="no corrected images"):
+        prepare_finetune_data([])
+
+
+def test_tiny_finetune_on_real_data_does_not_drop(monuseg, tmp_path):
+    torch.set_num_threads(2)
+    data = prepare_finetune_data([_region(monuseg[0], 0, 0, 512, 512), _region(monuseg[1], 0, 0, 512, 512)])
+    model = resolve_model("cellzoo-he")
+    recipe = FinetuneRecipe(steps=6, warmup_steps=2, eval_every=3, crop=192, batch_size=2, seed=0)
+    result = finetune(model, data, recipe, device="cpu", out_dir=tmp_path)
+    assert [h["step"] for h in result.history] == [0, 3, 6]
+    kept = run_to_end(validation_metrics(model, data.val, device=torch.device("cpu")))
+    # whatever happened, the model kept scores at least the base on the held-out stripes
+    assert selection_score(kept) >= selection_score(result.before) - 1e-9
+    assert selection_score(result.after) >= selection_score(result.before)  # this seeded run does improve
+    if result.improved:
+        assert result.best_path == tmp_path / TUNED_NAME
+        meta = read_metadata(result.best_path)["finetune"]
+        assert meta["improved"] is True and meta["base"] == "cellzoo-he" and meta["before"] == result.before
+
+
+def test_guard_a_run_that_gets_worse_keeps_the_base(monuseg, tmp_path):
+    torch.set_num_threads(2)
+    data = prepare_finetune_data([_region(monuseg[0], 0, 0, 384, 512)])
+    model = resolve_model("cellzoo-he")
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    # an absurd learning rate wrecks the weights within two steps
+    recipe = FinetuneRecipe(steps=2, lr=0.5, warmup_steps=0, eval_every=1, crop=128, batch_size=2,
+                            grad_clip=None, pull_to_base=0.0)
+    result = finetune(model, data, recipe, device="cpu", out_dir=tmp_path)
+    assert not result.improved and result.best_path == tmp_path / NOT_BETTER_NAME
+    assert selection_score(result.after) < selection_score(result.before)
+    assert all(torch.equal(base[k], v) for k, v in model.state_dict().items())  # the base weights came back
+    assert read_metadata(result.best_path)["finetune"]["improved"] is False
+    assert not (tmp_path / TUNED_NAME).exists()
+    assert result.summary().startswith("did not beat the base: PQ ") and "kept the base" in result.summary()
+
+
+def test_recipe_steps_scale_with_the_data_and_bad_options_are_refused():
+    small, large = FinetuneRecipe.for_data(256 * 256), FinetuneRecipe.for_data(8 * 1000 * 1000)
+    assert small.steps < large.steps and small.steps >= 60 and large.steps <= 400
+    assert FinetuneRecipe.for_data(10**6, lr=1e-5).lr == 1e-5
+    with pytest.raises(ValueError, match="bn must be"):
+        FinetuneRecipe(bn="whatever")
+    with pytest.raises(ValueError, match="unknown fine-tuning option"):
+        FinetuneRecipe.from_dict({"epochs": 3})
