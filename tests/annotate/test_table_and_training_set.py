@@ -48,11 +48,11 @@ def test_training_set_round_trip(tmp_path, shared_data):
     labels = io.imread(root / "inst" / "train_2_000.png").astype(np.int32)
     classes = io.imread(root / "class" / "train_2_000.png").astype(np.uint8)
     writer = TrainingSetWriter(tmp_path / "set")
-    names = ["CoNSeP patch", "CoNSeP patch"]
-    got = [writer.add(image, labels, classes, source_layer=n, model="cellzoo-he",
+    # two different images from layers of the same name: safe, unique file names
+    got = [writer.add(im, labels, classes, source_layer="CoNSeP patch", model="cellzoo-he",
                       class_names=["background", "other", "inflammatory", "epithelial", "spindle"])
-           for n in names]
-    assert got == ["CoNSeP_patch", "CoNSeP_patch_2"]  # safe, unique file names
+           for im in (image, image[::-1, ::-1].copy())]
+    assert got == ["CoNSeP_patch", "CoNSeP_patch_2"] and writer.replaced is None
     manifest = json.loads((tmp_path / "set" / "manifest.json").read_text())
     assert [e["name"] for e in manifest["entries"]] == got
     entry = manifest["entries"][0]
@@ -66,6 +66,34 @@ def test_training_set_round_trip(tmp_path, shared_data):
     assert samples[1].meta["source_layer"] == "CoNSeP patch"
     leftovers = [p for p in (tmp_path / "set").rglob("*") if p.name.endswith(".part")]
     assert not leftovers
+
+
+def test_adding_the_same_image_again_replaces_its_entry(tmp_path, shared_data):
+    root = shared_data / "consep" / "train"
+    image = io.imread(root / "images" / "train_2_000.jpg")
+    labels = io.imread(root / "inst" / "train_2_000.png").astype(np.int32)
+    other = io.imread(root / "images" / "train_2_005.jpg")
+    other_labels = io.imread(root / "inst" / "train_2_005.png").astype(np.int32)
+    writer = TrainingSetWriter(tmp_path / "set")
+    assert writer.add(image, labels, source_layer="patch") == "patch"
+    assert writer.add(other, other_labels, source_layer="next") == "next" and writer.replaced is None
+    corrected = labels.copy()
+    corrected[corrected == corrected.max()] = 0  # one more correction, then "Add" again
+    # the same pixels (even from a layer of another name): the entry is replaced, not duplicated
+    assert writer.add(image.copy(), corrected, source_layer="patch copy") == "patch"
+    assert writer.replaced == "patch"
+    samples = read_training_set(tmp_path / "set")
+    assert [s.name for s in samples] == ["patch", "next"]
+    np.testing.assert_array_equal(samples[0].labels, corrected)
+    assert samples[0].meta["source_layer"] == "patch copy"
+    assert sorted(p.name for p in (tmp_path / "set" / "images").iterdir()) == ["next.tif", "patch.tif"]
+    # an entry written before digests were stored is recognised by reading its image back
+    manifest = json.loads((tmp_path / "set" / "manifest.json").read_text())
+    for entry in manifest["entries"]:
+        del entry["image_sha256"]
+    (tmp_path / "set" / "manifest.json").write_text(json.dumps(manifest))
+    assert TrainingSetWriter(tmp_path / "set").add(other, other_labels, source_layer="again") == "next"
+    assert len(read_training_set(tmp_path / "set")) == 2
 
 
 def test_training_set_bad_input_leaves_nothing(tmp_path):

@@ -940,5 +940,7 @@ class CorrectWidget(QWidget):
         entry = writer.add(image, self.labels_plane(), self.classes_plane(), source_layer=image_layer.name,
                            model=self.info.get("model"), class_names=self.info["class_names"], name=name,
                            extra={"instances_layer": self.layer.name, "plane": list(plane)})
-        self.status_label.setText(f"Saved '{entry}' to {writer.folder} ({len(writer.entries())} images in the set).")
+        done = (f"Replaced '{entry}' (the same image was added before) in" if writer.replaced
+                else f"Saved '{entry}' to")
+        self.status_label.setText(f"{done} {writer.folder} ({len(writer.entries())} images in the set).")
         return entry

@@ -9,9 +9,15 @@ Layout::
 
 Each file is written atomically and the manifest last, so an entry listed in the manifest is
 always complete; a failure while adding removes the files of that entry.
+
+Adding an image whose pixels are already in the set (same content, e.g. "Add to training set" pressed
+again after more corrections) replaces that entry's labels and classes instead of adding a duplicate,
+which would count the image twice in training (and could put it in validation too); the writer's
+``replaced`` then names the entry, so the caller can say so.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -40,6 +46,12 @@ def _write_tif(path: Path, array: np.ndarray) -> None:
         tifffile.imwrite(tmp, array, compression="zlib")
 
 
+def image_digest(image: np.ndarray) -> str:
+    """sha256 of an image's pixels, shape and dtype: equal only for identical images."""
+    array = np.ascontiguousarray(np.asarray(image))
+    return hashlib.sha256(str((array.shape, array.dtype.str)).encode() + array.tobytes()).hexdigest()
+
+
 def _label_dtype(labels: np.ndarray) -> np.dtype:
     return np.dtype(np.uint16) if labels.max(initial=0) <= np.iinfo(np.uint16).max else np.dtype(np.int32)
 
@@ -51,6 +63,21 @@ class TrainingSetWriter:
         self.folder = Path(folder).expanduser()
         if self.folder.exists() and not self.folder.is_dir():
             raise ValueError(f"{self.folder} is a file; choose a folder for the training set.")
+        #: after :meth:`add`: the name of the entry it replaced (same image content), else None
+        self.replaced: str | None = None
+
+    def _entry_with_image(self, entries: list[dict[str, Any]], digest: str, shape: tuple[int, ...]) -> int | None:
+        """Index of the entry holding the same image (by its stored digest; older entries without one
+        are read back when their shape matches), or None."""
+        for index, entry in enumerate(entries):
+            stored = entry.get("image_sha256")
+            if stored is None and list(entry.get("shape") or []) == list(shape[:2]):
+                path = self.folder / "images" / f"{entry['name']}.tif"
+                if path.is_file():
+                    stored = image_digest(tifffile.imread(path))
+            if stored == digest:
+                return index
+        return None
 
     @property
     def manifest_path(self) -> Path:
@@ -68,7 +95,11 @@ class TrainingSetWriter:
     def add(self, image: np.ndarray, labels: np.ndarray, classes: np.ndarray | None = None, *,
             source_layer: str = "", model: str | None = None, class_names: Sequence[str] | None = None,
             name: str | None = None, extra: dict[str, Any] | None = None) -> str:
-        """Save one annotated image; returns the entry name used for its files."""
+        """Save one annotated image; returns the entry name used for its files.
+
+        When the set already holds this image (same pixels), that entry is replaced (its name is kept and
+        :attr:`replaced` set to it) rather than adding the image a second time."""
+        self.replaced = None
         image = np.asarray(image)
         labels = np.asarray(labels)
         if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
@@ -91,8 +122,13 @@ class TrainingSetWriter:
 
         manifest = _read_manifest(self.folder) if self.manifest_path.exists() else \
             {"format": FORMAT, "version": 1, "entries": []}
-        taken = {e["name"] for e in manifest["entries"]}
-        name = self._unique_name(_safe_name(name or source_layer or "image"), taken)
+        digest = image_digest(image)
+        existing = self._entry_with_image(manifest["entries"], digest, image.shape)
+        if existing is not None:
+            name = manifest["entries"][existing]["name"]
+        else:
+            taken = {e["name"] for e in manifest["entries"]}
+            name = self._unique_name(_safe_name(name or source_layer or "image"), taken)
         written: list[Path] = []
         try:
             for sub, array in (("images", image), ("labels", labels.astype(_label_dtype(labels))),
@@ -103,14 +139,20 @@ class TrainingSetWriter:
             entry = {"name": name, "source_layer": source_layer, "model": model,
                      "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                      "class_names": list(class_names) if class_names else None,
-                     "shape": list(labels.shape), "instances": int(len(np.unique(labels)) - 1)}
+                     "shape": list(labels.shape), "instances": int(len(np.unique(labels)) - 1),
+                     "image_sha256": digest}
             entry.update(extra or {})
-            manifest["entries"].append(entry)
+            if existing is not None:
+                manifest["entries"][existing] = entry
+            else:
+                manifest["entries"].append(entry)
             atomic_write_text(self.manifest_path, json.dumps(manifest, indent=1))
         except BaseException:
-            for path in written:
-                path.unlink(missing_ok=True)
+            if existing is None:  # a replaced entry keeps its (same-image) files
+                for path in written:
+                    path.unlink(missing_ok=True)
             raise
+        self.replaced = name if existing is not None else None
         return name
 
 
