@@ -151,8 +151,10 @@ def show_segmentation(viewer, image_layer, labels: np.ndarray, classes: np.ndarr
         cls_layer.colormap = class_colormap(colors)
         cls_layer.scale, cls_layer.translate = geometry["scale"], geometry["translate"]
     else:
+        # tagged from the start: widgets listening to the layer list must not take it for an instances layer
         cls_layer = viewer.add_labels(classes, name=cls_name, colormap=class_colormap(colors), opacity=0.55,
-                                      **geometry)
+                                      metadata={META_KEY: {"instances_layer": inst_name, "class_names": class_names,
+                                                           "class_colors": colors}}, **geometry)
     if inst_name in viewer.layers:
         inst_layer = viewer.layers[inst_name]
         inst_layer.metadata[META_KEY] = info  # first: listeners of the data event read it

@@ -32,6 +32,9 @@ from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QFrame, QGridLayout, QHBoxLayout, QLabel,
                             QLineEdit, QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget)
 from scipy import ndimage
+# skimage loads these lazily; loading them with the widget spares the first Split a 0.6 s stall
+from skimage.filters import sobel  # noqa: F401
+from skimage.segmentation import watershed  # noqa: F401
 
 from cellzoo import annotate
 from cellzoo.annotate.index import InstanceIndex, pad_window, union_window, window_size
@@ -523,7 +526,7 @@ class CorrectWidget(QWidget):
             if change.layer is self.layer:
                 label_changes.append((window, before, after))
             else:
-                class_windows.append((window, before != after))
+                class_windows.append((window, before, after))
         plane_size = int(np.prod(self.layer.data.shape[-2:]))
         if sum(window_size(c[0]) for c in label_changes) > _REBUILD_SHARE * plane_size:
             touched: set[int] = set()
@@ -532,13 +535,9 @@ class CorrectWidget(QWidget):
                 touched |= set(np.unique(before[changed]).tolist()) | set(np.unique(after[changed]).tolist())
             self._build_index(plane)
             return touched - {0}
-        search = index.search_windows(label_changes)
-        touched = set(search)
         labels, classes = self._views(plane)
-        for window, changed in class_windows:  # instances whose class pixels changed: majority class again
-            for label in np.unique(labels[window][changed]).tolist():
-                if label and label not in search:
-                    search[label] = index.bbox(label) if label in index else window
+        touched = set(index.search_windows(label_changes))
+        search = index.search_windows(label_changes, labels, class_windows)
         index.refresh(labels, classes, search, new_class=self.current_class())
         return touched
 

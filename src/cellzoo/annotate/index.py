@@ -217,11 +217,19 @@ class InstanceIndex:
             self._boxes[k] = values[3]
             self._classes[k] = cls
 
-    def search_windows(self, changes: Iterable[tuple[Window, np.ndarray, np.ndarray]]) -> dict[int, Window]:
+    def search_windows(self, changes: Iterable[tuple[Window, np.ndarray, np.ndarray]], labels=None,
+                       class_changes: Iterable[tuple[Window, np.ndarray, np.ndarray]] = ()) -> dict[int, Window]:
         """For edits given as (window, old values, new values): the ids whose pixels changed, each with
         a window that holds all of its pixels after the edit (its old box joined with the windows
-        where it now appears)."""
+        where it now appears). ``class_changes`` (same form, class map; with ``labels`` after the edit)
+        adds the instances whose class pixels changed, to count their majority class again."""
         search: dict[int, Window | None] = {}
+        for window, old, new in class_changes:
+            changed = old != new
+            if changed.any():
+                for label in np.unique(np.asarray(labels[window])[changed]).tolist():
+                    if label and label not in search:
+                        search[label] = self.bbox(label) if label in self else window
         for window, old, new in changes:
             changed = old != new
             if not changed.any():
@@ -230,7 +238,7 @@ class InstanceIndex:
                 label = int(label)
                 if label == 0:
                     continue
-                if label not in search:
+                if label not in search or search[label] is None:
                     search[label] = self.bbox(label) if label in self else None
                 if (new == label).any():
                     search[label] = union_window(search[label], window)
