@@ -277,3 +277,182 @@ def test_real_key_presses_reach_the_tools(make_napari_viewer, qtbot):
     assert set(np.unique(inst.data)) == {0, 1}
     qtbot.keyClick(canvas, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
     np.testing.assert_array_equal(inst.data, labels)
+
+
+# ----------------------------------------------------------------------------- on a real segmentation
+@pytest.fixture(scope="module")
+def he_result(shared_data):
+    """cellzoo-he on a 320² MoNuSeg test crop: a real model's instances and classes."""
+    from cellzoo.annotate import prepare_instances
+    from cellzoo.data import read_image
+    from cellzoo.infer import resolve_model, segment
+
+    image = np.asarray(read_image(shared_data / "monuseg2018" / "images" / "test" / "TCGA-2Z-A9J9-01A-01-TS1.png"))
+    image = np.ascontiguousarray(image[:320, :320, :3])
+    result = segment(resolve_model("cellzoo-he"), image, device="cpu")
+    labels, classes, index = prepare_instances(result.labels, result.class_map())
+    assert len(index) > 30
+    return image, labels, classes, index, result.class_names, result.scores
+
+
+@pytest.fixture
+def he_setup(make_napari_viewer, he_result):
+    image, labels, classes, index, names, scores = he_result
+    viewer = make_napari_viewer()
+    image_layer = viewer.add_image(image, name="he")
+    widget = CorrectWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    inst, cls = show_segmentation(viewer, image_layer, labels.copy(), classes.copy(), class_names=names,
+                                  class_colors=None, scores=scores, model="cellzoo-he", index=index.copy())
+    assert widget.layer is inst and widget.classes_layer is cls
+    return viewer, widget, inst, cls
+
+
+def check_index(widget, inst, cls):
+    """The widget's incrementally kept index equals one built afresh from the pixels."""
+    from cellzoo.annotate import InstanceIndex
+
+    kept, fresh = widget.index().table(), InstanceIndex.build(np.asarray(inst.data), np.asarray(cls.data)).table()
+    for key in ("label", "class", "area"):
+        np.testing.assert_array_equal(kept[key], fresh[key], err_msg=key)
+    np.testing.assert_allclose(kept["centroid_y"], fresh["centroid_y"])
+
+
+def test_every_tool_on_a_real_segmentation_keeps_layers_index_and_table_in_step(he_setup, qtbot):
+    viewer, widget, inst, cls = he_setup
+    states = [(np.asarray(inst.data).copy(), np.asarray(cls.data).copy())]
+    index = widget.index()
+    ids = sorted(index.ids().tolist(), key=index.area_of)[::-1]
+    a, b, c, d = ids[0], ids[1], ids[2], ids[3]
+
+    def done():
+        check_in_sync(inst, cls)
+        check_index(widget, inst, cls)
+        states.append((np.asarray(inst.data).copy(), np.asarray(cls.data).copy()))
+
+    labels0 = states[0][0]
+    click(inst, deepest(labels0, a), ["Control"])  # select
+    click(inst, deepest(labels0, b), ["Control"])
+    assert widget.selection == {a, b}
+    check_outlines(viewer.layers["he instances selection"], labels0, {a, b})
+    press(inst, "Shift-M")  # merge
+    done()
+    widget.class_combo.setCurrentIndex(widget.class_combo.findData(2))
+    press(inst, "Shift-C")  # set class
+    assert (cls.data[inst.data == min(a, b)] == 2).all()
+    done()
+    click(inst, deepest(labels0, c), ["Shift"])  # delete
+    assert c not in widget.index()
+    done()
+    yy, xx = np.nonzero(labels0 == d)  # split
+    order = np.argsort(yy * 1000 + xx)
+    for k in (len(order) // 6, -len(order) // 6):
+        click(inst, (yy[order[k]], xx[order[k]]), ["Alt"])
+    press(inst, "Shift-S")
+    assert (inst.data == widget.index().next_id - 1).any()
+    done()
+    widget.class_combo.setCurrentIndex(widget.class_combo.findData(4))
+    press(inst, "Shift-N")  # new instance, painted with napari's brush
+    new_id = inst.selected_label
+    inst.brush_size = 9
+    inst.paint(deepest(np.asarray(inst.data), ids[5]), new_id)
+    qtbot.waitUntil(lambda: len(widget._undo) == 5, timeout=5000)
+    assert (cls.data[inst.data == new_id] == 4).all()
+    done()
+    for state in reversed(states[:-1]):  # undo everything, one step at a time
+        press(inst, "Control-Z")
+        np.testing.assert_array_equal(inst.data, state[0])
+        np.testing.assert_array_equal(cls.data, state[1])
+        check_in_sync(inst, cls)
+        check_index(widget, inst, cls)
+    for state in states[1:]:  # and redo it
+        press(inst, "Control-Shift-Z")
+        np.testing.assert_array_equal(inst.data, state[0])
+        np.testing.assert_array_equal(cls.data, state[1])
+    check_in_sync(inst, cls)
+    check_index(widget, inst, cls)
+
+
+def test_new_instance_painted_over_a_neighbour_gets_the_chosen_class(he_setup, qtbot):
+    viewer, widget, inst, cls = he_setup
+    labels0, classes0 = np.asarray(inst.data).copy(), np.asarray(cls.data).copy()
+    index = widget.index()
+    neighbour = max(index.ids().tolist(), key=index.area_of)
+    chosen = 3 if index.class_of(neighbour) != 3 else 1
+    widget.class_combo.setCurrentIndex(widget.class_combo.findData(chosen))
+    press(inst, "Shift-N")
+    new_id = inst.selected_label
+    window = index.bbox(neighbour)
+    inst.brush_size = 15
+    inst.paint((window[0].start, window[1].start), new_id)  # a dab over the neighbour's corner and background
+    qtbot.waitUntil(lambda: len(widget._undo) == 1, timeout=5000)
+    painted = np.asarray(inst.data) == new_id
+    assert (painted & (labels0 == neighbour)).any() and (painted & (labels0 == 0)).any()
+    assert (cls.data[painted] == chosen).all()  # not the neighbour's class (the old majority rule)
+    assert (cls.data[inst.data == neighbour] == index.class_of(neighbour)).all()
+    assert inst.features.set_index("label").loc[new_id, "class"] == chosen
+    check_in_sync(inst, cls)
+    press(inst, "Control-Z")
+    np.testing.assert_array_equal(inst.data, labels0)
+    np.testing.assert_array_equal(cls.data, classes0)
+
+
+def test_edits_write_and_remember_only_the_touched_boxes(he_setup, monkeypatch):
+    """Work in proportion to the touched objects: pixels written, undo entries and outline updates
+    stay inside the instance's box (counted, not timed)."""
+    viewer, widget, inst, cls = he_setup
+    written = {"he instances": [], "he classes": [], "he instances selection": []}
+    for layer in (inst, cls):
+        original = layer.data_setitem
+
+        def counting(indices, value, refresh=True, _name=layer.name, _original=original):
+            written[_name].append(tuple(np.asarray(i) for i in indices))
+            return _original(indices, value, refresh)
+        monkeypatch.setattr(layer, "data_setitem", counting)
+    napari_history = len(inst._undo_history)
+    index = widget.index()
+    target = sorted(index.ids().tolist(), key=index.area_of)[len(index) // 2]
+    box, area = index.bbox(target), index.area_of(target)
+
+    click(inst, deepest(np.asarray(inst.data), target), ["Shift"])
+    for name in ("he instances", "he classes"):
+        (rows, cols), = written[name]
+        assert rows.size == area  # exactly the instance's pixels
+        assert box[0].start <= rows.min() and rows.max() < box[0].stop
+        assert box[1].start <= cols.min() and cols.max() < box[1].stop
+    edit = widget._undo[-1]
+    assert [change.key for change in edit.changes] == [box, box]  # instances and classes
+    assert sum(change.old.size for change in edit.changes) == 2 * (box[0].stop - box[0].start) * (box[1].stop - box[1].start)
+    assert len(inst._undo_history) == napari_history  # napari's own history does not hold a copy
+
+    for name in written:
+        written[name].clear()
+    overlay = viewer.layers["he instances selection"]
+    other = sorted(index.ids().tolist(), key=index.area_of)[len(index) // 3]
+    plane_box = widget.index().bbox(other)
+    click(inst, deepest(np.asarray(inst.data), other), ["Control"])
+    drawn = np.nonzero(np.asarray(overlay.data))
+    assert drawn[0].size > 0
+    assert plane_box[0].start <= drawn[0].min() and drawn[0].max() < plane_box[0].stop
+    assert plane_box[1].start <= drawn[1].min() and drawn[1].max() < plane_box[1].stop
+    assert not written["he instances"] and not written["he classes"]  # selecting writes no layer data
+    press(inst, "Control-Z")
+    (rows, _cols), = written["he instances"]
+    assert rows.size == area  # undo rewrites the same pixels, nothing else
+
+
+def test_dock_fits_a_1280x800_screen(make_napari_viewer, he_result):
+    viewer = make_napari_viewer(show=True)
+    image, labels, classes, index, names, scores = he_result
+    show_segmentation(viewer, viewer.add_image(image, name="he"), labels, classes, class_names=names,
+                      class_colors=None, index=index)
+    widget = CorrectWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Correct")
+    window = viewer.window._qt_window
+    assert window.minimumSizeHint().height() <= 800
+    window.resize(1280, 800)
+    assert window.height() <= 800
+    # every button is reachable: in the scroll area's content
+    content = widget.scroll.widget()
+    for btn in widget.buttons.values():
+        assert content.isAncestorOf(btn)

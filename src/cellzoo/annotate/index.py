@@ -116,6 +116,10 @@ class InstanceIndex:
         ids = present if id_of is None else id_of[present]
         return cls(labels.shape, ids, area[present], sum_rows[present], sum_cols[present], boxes, majority)
 
+    def copy(self) -> "InstanceIndex":
+        return InstanceIndex(self.shape, self._ids.copy(), self._area.copy(), self._sum_rows.copy(),
+                             self._sum_cols.copy(), self._boxes.copy(), self._classes.copy())
+
     # ------------------------------------------------------------------ queries
     def _row(self, label: int) -> int:
         k = int(np.searchsorted(self._ids, label))
