@@ -1,15 +1,23 @@
 """Fine-tune widget: adapt a zoo model to the user's own annotated images.
 
-Training data are image + Labels layer pairs open in the viewer (an optional class layer each) and/or
-training-set folders (written by the Correct widget, or any ``images/`` + ``labels/`` layout).
-The job runs :func:`cellzoo.train.train_iter` in a thread with a live loss / validation plot; the best
-checkpoint is saved as a *new* user model (zoo models are never overwritten) that the Segment widget
-lists at once, and the validation metric before and after fine-tuning is shown. Cancel stops between
-steps and keeps the best checkpoint of the finished epochs (nothing is saved before the first one).
+Training data are image + Labels layer pairs open in the viewer (an optional class layer each; only
+labels made from or named after that image are offered) and/or training-set folders (written by the
+Correct widget, or any ``images/`` + ``labels/`` layout).
+The job runs :func:`cellzoo.train.finetune.prepare_finetune_data` (content de-duplication, so an image
+given both as a layer pair and in a folder trains once and is never also held out; with fewer than 4 images a
+stripe of each is held out) and :func:`~cellzoo.train.finetune.finetune_iter` (the measured recipe; its
+defaults are this widget's) in a thread, with a live loss / held-out score plot. The base and the tuned
+model are scored on the same held-out data. The best state is saved as a *new* user model (zoo models
+are never overwritten; the "Save as" field then offers the next free ``<base>-ftN`` name). The guard: a
+tuned model that beats its base is selected in the Segment widgets; one that does not is said so in red,
+is not selected, and the user keeps it ("Keep anyway") or deletes it ("Discard"). Cancel stops between
+steps and keeps the best state evaluated so far (nothing is saved before the first evaluation).
 """
 from __future__ import annotations
 
+import html
 import math
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -24,7 +32,7 @@ from qtpy.QtCore import Qt
 
 from cellzoo._napari._plots import TrainingPlot
 from cellzoo._napari._job_panel import JobPanel
-from cellzoo._napari._worker import Job, mark_field, notify_error, notify_info
+from cellzoo._napari._worker import Job, gui_friendly_torch_threads, mark_field, notify_error, notify_info
 from cellzoo.types import Cancelled, Message, Progress, TrainStep, Validation
 
 #: families the trainer can fine-tune (dense heads); detection families are trained elsewhere
@@ -32,9 +40,17 @@ TRAINABLE_FAMILIES = ("repsnet", "fullnet")
 #: statuses of models whose weights are here or can be fetched
 USABLE_STATUSES = ("embedded", "cached", "user", "downloadable")
 AUGMENTATIONS = ("flip", "scale", "elastic", "stain", "blur", "brightness")
-DEFAULT_AUGMENT = ("flip", "scale", "elastic", "blur", "brightness")
-#: metric that selects the best checkpoint (as in cellzoo.train) and is shown before/after
+#: metric plotted live (the guard itself uses finetune.selection_score: mean of AJI and PQ)
 METRIC = "pq"
+#: the "Save as" suggestion: <base>-ft1, <base>-ft2, ... (a trailing -ftN of the base is not repeated)
+FT_SUFFIX = re.compile(r"-ft\d+$")
+GOOD_COLOUR, BAD_COLOUR = "#2ca02c", "#d62728"
+
+
+def _recipe_defaults():
+    from cellzoo.train.finetune import FinetuneRecipe
+
+    return FinetuneRecipe()
 
 
 @dataclass
@@ -45,11 +61,17 @@ class FinetuneOutcome:
     name: str
     before: dict[str, float] = field(default_factory=dict)
     after: dict[str, float] = field(default_factory=dict)
-    best_epoch: int | None = None
-    epochs_done: int = 0
+    best_step: int | None = None
+    steps_done: int = 0
     cancelled: bool = False
     n_train: int = 0
     n_val: int = 0
+    #: the guard: the tuned model beat the base on the held-out data (finetune_iter's verdict)
+    improved: bool = False
+    notes: list[str] = field(default_factory=list)
+    holdout_region: bool = False
+    duplicates_removed: int = 0
+    base_name: str = ""
 
 
 def load_training_folder(folder: Path) -> list:
@@ -63,12 +85,15 @@ def load_training_folder(folder: Path) -> list:
     return list(Dataset.from_layout(folder))
 
 
-def finetune_job(base_name: str, layer_samples: list, folders: list[Path], config_values: dict[str, Any],
+def finetune_job(base_name: str, layer_samples: list, folders: list[Path], settings: dict[str, Any],
                  new_name: str, cancel):
-    """Generator run in the worker thread: load, measure before, train, save the best as ``new_name``."""
-    from cellzoo.train import TrainConfig, split_samples, train_iter, validation_metrics
+    """Generator run in the worker thread: load, de-duplicate and hold out, score the base, fine-tune with
+    the recipe, save the best state as ``new_name`` (also when it did not beat the base: the widget then
+    lets the user keep or discard it). ``settings``: ``recipe`` (FinetuneRecipe overrides), ``device``,
+    ``val_fraction``, ``seed``."""
+    from cellzoo.train.finetune import FinetuneRecipe, finetune_iter, prepare_finetune_data
     from cellzoo.zoo import load_model, register_model
-    from cellzoo.zoo.weights import load_weights
+    from cellzoo.zoo.weights import load_weights, read_metadata
 
     yield Message(f"loading {base_name}")
     model = load_model(base_name, progress=False)
@@ -80,55 +105,44 @@ def finetune_job(base_name: str, layer_samples: list, folders: list[Path], confi
         samples.extend(load_training_folder(folder))
     if not samples:
         raise ValueError("no training images: check image/label pairs or add a training-set folder")
-    config = TrainConfig(**config_values)
-    train_samples, val_samples = split_samples(samples, config.val_fraction, config.seed)
-    if config.max_val_images is not None:
-        val_samples = val_samples[: config.max_val_images]
-    before: dict[str, float] = {}
-    if val_samples:
-        yield Message(f"measuring {base_name} on {len(val_samples)} validation image(s)")
-        from cellzoo.infer.device import select_device
-
-        before = yield from validation_metrics(model, val_samples, device=select_device(config.device)[0],
-                                               tile=config.val_tile, cancel=cancel)
+    data = prepare_finetune_data(samples, None, val_fraction=float(settings.get("val_fraction", 0.25)),
+                                 seed=int(settings.get("seed", 0)))
+    recipe = FinetuneRecipe.for_data(data.train, **dict(settings.get("recipe") or {}))
+    outcome = FinetuneOutcome(None, new_name, n_train=len(data.train), n_val=len(data.val), notes=list(data.notes),
+                              holdout_region=data.holdout_region, duplicates_removed=data.duplicates_removed,
+                              base_name=base_name)
     out_dir = Path(tempfile.mkdtemp(prefix="cellzoo-finetune-"))
-    config.out_dir = str(out_dir)
-    history: list[dict[str, Any]] = []
-    cancelled = False
     try:
         try:
-            result = yield from train_iter(model, train_samples, val_samples, config, cancel)
-            history, cancelled = result.history, result.cancelled
-        except Cancelled:  # cancelled during validation: the epochs before it still count
-            cancelled = True
-            history_file = out_dir / "history.json"
-            if history_file.is_file():
-                import json
-
-                history = json.loads(history_file.read_text())
-        best_file = out_dir / "best.safetensors"
-        best = [record for record in history if record.get("best")]
-        outcome = FinetuneOutcome(None, new_name, before, {}, None, len(history), cancelled,
-                                  len(train_samples), len(val_samples))
-        if not best or not best_file.is_file():
-            return outcome  # cancelled before the first epoch finished: nothing to keep
-        best_model, _ = load_weights(best_file)
-        outcome.after = dict(best[-1].get("metrics") or {})
-        outcome.best_epoch = int(best[-1]["epoch"])
+            result = yield from finetune_iter(model, data, recipe, device=settings.get("device", "auto"),
+                                              cancel=cancel, out_dir=out_dir, base_name=base_name)
+        except Cancelled:  # cancelled while scoring: nothing evaluated is kept
+            outcome.cancelled = True
+            return outcome
+        best = [record for record in result.history if record.get("best")]
+        outcome.before, outcome.after, outcome.improved = dict(result.before), dict(result.after), result.improved
+        outcome.notes, outcome.cancelled, outcome.steps_done = list(result.notes), result.cancelled, result.steps
+        outcome.best_step = int(best[-1]["step"]) if best else None
+        if result.best_path is None or not Path(result.best_path).is_file():
+            return outcome  # cancelled before the first evaluation: nothing to keep
+        tuned, _ = load_weights(result.best_path)
+        tuned_meta = read_metadata(result.best_path)
         keep = ("class_names", "class_colors", "normalization", "pixel_size_um", "notes")
         metadata = {k: base_meta[k] for k in keep if k in base_meta}
+        names = [s.name for s in data.train]
         metadata.update({
             "family": model.family,
             "licence": f"derived from {base_name}: {base_meta.get('licence', 'see the base model')}",
-            "training_data": (f"fine-tuned from {base_name} on {len(train_samples)} image(s)"
-                              + (f" ({', '.join(config.data_name.split(';'))})" if config.data_name else "")),
-            "metrics": {"validation_before": before, "validation_after": outcome.after,
-                        "validation_images": len(val_samples), "best_epoch": outcome.best_epoch},
+            "training_data": f"fine-tuned from {base_name} on {len(data.train)} image(s) ({', '.join(names[:5])}"
+                             + (", …" if len(names) > 5 else "") + ")",
+            "metrics": {"heldout_before": outcome.before, "heldout_after": outcome.after,
+                        "heldout_images": len(data.val), "best_step": outcome.best_step},
             "source": f"napari-cellzoo fine-tune of {base_name}",
-            "training": {"config": {k: v for k, v in config.to_dict().items() if k != "out_dir"},
-                         "cancelled": cancelled, "epochs_done": len(history)},
+            "finetune": tuned_meta.get("finetune", {"improved": outcome.improved}),
+            "training": {"recipe": recipe.to_dict(), "cancelled": outcome.cancelled,
+                         "steps_done": outcome.steps_done},
         })
-        outcome.saved_path = register_model(best_model, new_name, metadata)
+        outcome.saved_path = register_model(tuned, new_name, metadata)
         return outcome
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -166,34 +180,35 @@ class FinetuneWidget(QWidget):
         self.add_folder_button = QPushButton("Add folder…")
         self.remove_folder_button = QPushButton("Remove")
 
-        self.epochs = QSpinBox()
-        self.epochs.setRange(1, 1000)
-        self.epochs.setValue(10)
+        recipe = _recipe_defaults()
         self.steps = QSpinBox()
         self.steps.setRange(0, 100000)
         self.steps.setSpecialValueText("auto")
-        self.steps.setToolTip("Steps per epoch; auto = one pass over the training images")
-        self.learning_rate = QLineEdit("1e-4")
-        self.learning_rate.setToolTip("Learning rate (fine-tuning uses a smaller one than training)")
+        self.steps.setToolTip("Training steps; auto = scaled to the amount of annotated pixels (60-400)")
+        self.learning_rate = QLineEdit("auto")
+        self.learning_rate.setToolTip("Peak learning rate; auto = from the base's held-out score "
+                                      f"({recipe.lr_new_domain:g} where it fails, {recipe.lr_near_domain:g} "
+                                      "where it already does well)")
         self.batch_size = QSpinBox()
         self.batch_size.setRange(1, 64)
-        self.batch_size.setValue(4)
+        self.batch_size.setValue(recipe.batch_size)
         self.val_fraction = QDoubleSpinBox()
-        self.val_fraction.setRange(0.0, 0.9)
+        self.val_fraction.setRange(0.05, 0.9)
         self.val_fraction.setSingleStep(0.05)
-        self.val_fraction.setValue(0.2)
-        self.val_fraction.setToolTip("Share of the images held out to measure the model before and after")
+        self.val_fraction.setValue(0.25)
+        self.val_fraction.setToolTip("Share of the images held out to score the model before and after (with 4 or "
+                                     "more images; with fewer, the last 25 % of each image is held out)")
         self.crop = QSpinBox()
         self.crop.setRange(32, 2048)
         self.crop.setSingleStep(32)
-        self.crop.setValue(256)
+        self.crop.setValue(recipe.crop)
         self.crop.setToolTip("Edge of the training tiles (px)")
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda", "mps"])
         self.device.setToolTip("auto uses a CUDA GPU (with mixed precision), then Apple MPS, then the CPU")
         self.augment_boxes = {name: QCheckBox(name) for name in AUGMENTATIONS}
         for name, box in self.augment_boxes.items():
-            box.setChecked(name in DEFAULT_AUGMENT)
+            box.setChecked(name in tuple(recipe.augment))
         self.augment_boxes["stain"].setToolTip("H&E stain jitter (RGB brightfield only)")
         self.new_name = QLineEdit()
         self.new_name.setPlaceholderText("name of the new model")
@@ -209,6 +224,20 @@ class FinetuneWidget(QWidget):
         self.comparison = QLabel("")
         self.comparison.setWordWrap(True)
         self.comparison.setTextFormat(Qt.TextFormat.RichText)
+        self.data_note = QLabel("")
+        self.data_note.setWordWrap(True)
+        # the guard's choice for a tuned model that did not beat its base
+        self.keep_button = QPushButton("Keep anyway")
+        self.keep_button.setToolTip("Keep the tuned model (not better than its base) in your models")
+        self.discard_button = QPushButton("Discard")
+        self.discard_button.setToolTip("Delete the tuned model that did not beat its base")
+        self.decision = QWidget()
+        decision_row = QHBoxLayout(self.decision)
+        decision_row.setContentsMargins(0, 0, 0, 0)
+        decision_row.addWidget(self.keep_button)
+        decision_row.addWidget(self.discard_button)
+        self.decision.setVisible(False)
+        self._saved_names: set[str] = set()  # models this widget saved (their names are not offered again)
 
         # -- layout
         model_row = QHBoxLayout()
@@ -224,10 +253,10 @@ class FinetuneWidget(QWidget):
         folder_buttons.addWidget(self.add_folder_button)
         folder_buttons.addWidget(self.remove_folder_button)
         data_box.addLayout(folder_buttons)
+        data_box.addWidget(self.data_note)
         settings = QGroupBox("Training")
         form = QFormLayout(settings)
-        form.addRow("Epochs", self.epochs)
-        form.addRow("Steps / epoch", self.steps)
+        form.addRow("Steps", self.steps)
         form.addRow("Learning rate", self.learning_rate)
         form.addRow("Batch size", self.batch_size)
         form.addRow("Validation fraction", self.val_fraction)
@@ -264,6 +293,7 @@ class FinetuneWidget(QWidget):
         layout.addWidget(self.status)
         layout.addWidget(self.plot)
         layout.addWidget(self.comparison)
+        layout.addWidget(self.decision)
         layout.addStretch(1)
 
         # -- signals
@@ -278,6 +308,8 @@ class FinetuneWidget(QWidget):
         self.device.currentIndexChanged.connect(self.validate)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
+        self.keep_button.clicked.connect(self.keep_anyway)
+        self.discard_button.clicked.connect(self.discard)
         events = self.viewer.layers.events
         for event in (events.inserted, events.removed, events.moved):
             event.connect(self.refresh_pairs)
@@ -308,35 +340,57 @@ class FinetuneWidget(QWidget):
 
     def _base_changed(self, *_: Any) -> None:
         base = self.base_model.currentData()
-        if base and (not self.new_name.text().strip() or self.new_name.text().endswith("-finetuned")):
-            self.new_name.setText(self._free_name(f"{base}-finetuned"))
+        text = self.new_name.text().strip()
+        # a name the widget suggested, or one a run of it has taken since, moves on to the next free one;
+        # a free name the user typed stays
+        if base and (not text or text == getattr(self, "_suggested_name", None) or text in self._saved_names):
+            self._suggested_name = self._free_name(base)
+            self.new_name.setText(self._suggested_name)
         self.validate()
 
-    def _free_name(self, stem: str) -> str:
+    def _free_name(self, base: str) -> str:
+        """The first free ``<base>-ftN`` (N = 1, 2, ...), with a trailing ``-ftN`` of ``base`` dropped."""
         from cellzoo.zoo import user_model_dir
 
         folder = user_model_dir()
-        name, k = stem, 2
-        while name in self._infos or (folder / f"{name}.safetensors").exists():
-            name, k = f"{stem}-{k}", k + 1
-        return name
+        stem = FT_SUFFIX.sub("", base)
+        k = 1
+        while f"{stem}-ft{k}" in self._infos or (folder / f"{stem}-ft{k}.safetensors").exists():
+            k += 1
+        return f"{stem}-ft{k}"
 
     # ------------------------------------------------------------------ training data
     def _pair_candidates(self) -> list[tuple[str, str, str | None]]:
-        """(image, labels, classes|None) for every Labels layer that matches an image's size."""
+        """(image, labels, classes|None) for each Labels layer made from or matching an image: the same
+        size AND made from it (the layer's cellzoo metadata names the image) or named after it (the
+        longest image name its name starts with); a labels layer that names no image (e.g. napari's
+        "Labels") pairs only with the one image of its size, if there is exactly one."""
         from napari.layers import Image, Labels
 
         images = [layer for layer in self.viewer.layers if isinstance(layer, Image)]
         labels = [layer for layer in self.viewer.layers if isinstance(layer, Labels)]
         class_layers = {layer.name for layer in labels
                         if layer.name.endswith(" classes") or "instances_layer" in (layer.metadata.get("cellzoo") or {})}
+        image_names = [image.name for image in images]
+
+        def owner(layer) -> str | None:
+            source = (layer.metadata.get("cellzoo") or {}).get("image_layer")
+            if source in image_names:
+                return source
+            prefixed = [name for name in image_names if layer.name.startswith(name)]
+            return max(prefixed, key=len) if prefixed else None
+
         out = []
         for image in images:
             shape = _image_spatial_shape(image)
             if len(shape) != 2:
                 continue  # stacks: train on 2-D images (save planes to a training-set folder)
+            same_size = [other for other in images if _image_spatial_shape(other) == shape]
             for layer in labels:
                 if layer.name in class_layers or tuple(layer.data.shape) != shape:
+                    continue
+                made_from = owner(layer)
+                if made_from != image.name and (made_from is not None or len(same_size) != 1):
                     continue
                 info = layer.metadata.get("cellzoo") or {}
                 candidates = [info.get("classes_layer"), f"{layer.name} classes", f"{image.name} classes"]
@@ -347,7 +401,6 @@ class FinetuneWidget(QWidget):
 
     def refresh_pairs(self, *_: Any) -> None:
         candidates = self._pair_candidates()
-        images = {image for image, _l, _c in candidates}
         self.pairs.blockSignals(True)
         self.pairs.clear()
         for key in candidates:
@@ -356,11 +409,8 @@ class FinetuneWidget(QWidget):
             item = QListWidgetItem(text)
             item.setData(Qt.ItemDataRole.UserRole, key)
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            # ticked by default: labels named after this image ("<image> labels", "<image> instances"),
-            # or the only candidate of an image when the labels are not named after another image
-            named_after = [other for other in images if labels.startswith(other)]
-            mine = [c for c in candidates if c[0] == image]
-            guess = (max(named_after, key=len) == image) if named_after else len(mine) == 1
+            # ticked by default when it is the image's only candidate (several: the user picks)
+            guess = sum(c[0] == image for c in candidates) == 1
             state = self._user_checks.get(key, Qt.CheckState.Checked if guess else Qt.CheckState.Unchecked)
             item.setCheckState(state)
             self.pairs.addItem(item)
@@ -410,9 +460,13 @@ class FinetuneWidget(QWidget):
         return [Path(self.folders.item(i).text()) for i in range(self.folders.count())]
 
     # ------------------------------------------------------------------ validation
-    def _learning_rate(self) -> float | None:
+    def _learning_rate(self) -> float | str | None:
+        """A number in (0, 1), "auto" (empty too), or None when the text is neither."""
+        text = self.learning_rate.text().strip().lower()
+        if text in ("", "auto"):
+            return "auto"
         try:
-            value = float(self.learning_rate.text().strip())
+            value = float(text)
         except ValueError:
             return None
         return value if math.isfinite(value) and 0 < value < 1 else None
@@ -450,13 +504,20 @@ class FinetuneWidget(QWidget):
             self.base_model: None if self.base_model.currentData() else
             "No trainable model (RepSNet/FullNet) is available; fetch or import one first.",
             self.learning_rate: None if self._learning_rate() is not None else
-            "Learning rate must be a number between 0 and 1, e.g. 1e-4.",
+            "Learning rate must be auto or a number between 0 and 1, e.g. 3e-5.",
             self.new_name: self._name_problem(),
             self.device: self._device_problem(),
             self.pairs: None if n else "Tick an image + labels pair or add a training-set folder.",
-            self.val_fraction: None if self.val_fraction.value() == 0 or n >= 2 else
-            "Validation needs at least 2 images (one to train on); add data or set it to 0.",
         }
+        if n == 0:
+            self.data_note.setText("")
+        elif n < 4:
+            which = "one image" if n == 1 else f"{n} images"
+            self.data_note.setText(f"With {which}, a region is held out: the last 25 % (right or bottom stripe) of "
+                                   "each image scores the model before and after; the rest trains.")
+        else:
+            self.data_note.setText(f"{n} images: {self.val_fraction.value():.0%} of them are held out to score the "
+                                   "model before and after (duplicates are removed first).")
         valid = all(mark_field(widget, reason) is True for widget, reason in problems.items())
         running = self.job is not None and self.job.running
         self.run_button.setEnabled(valid and not running)
@@ -480,13 +541,16 @@ class FinetuneWidget(QWidget):
         return samples
 
     def config_values(self) -> dict[str, Any]:
+        """The job's settings: FinetuneRecipe overrides for what differs from auto, device, held-out share."""
         augment = [name for name, box in self.augment_boxes.items() if box.isChecked()]
-        return {"epochs": self.epochs.value(), "steps_per_epoch": self.steps.value() or None,
-                "batch_size": self.batch_size.value(), "lr": self._learning_rate(),
-                "val_fraction": self.val_fraction.value(), "crop": self.crop.value(),
-                "augment": augment or "none", "scheduler": "none", "device": self.device.currentText(),
-                "data_name": ";".join([*(p for _, p, _ in self.checked_pairs()),
-                                       *(f.name for f in self.folder_paths())])[:500]}
+        recipe: dict[str, Any] = {"batch_size": self.batch_size.value(), "crop": self.crop.value(),
+                                  "augment": tuple(augment) if augment else "none"}
+        if self.steps.value():
+            recipe["steps"] = self.steps.value()
+        if self._learning_rate() not in (None, "auto"):
+            recipe["lr"] = self._learning_rate()
+        return {"recipe": recipe, "device": self.device.currentText(), "val_fraction": self.val_fraction.value(),
+                "seed": 0}
 
     def run(self) -> Job | None:
         if not self.validate():
@@ -498,7 +562,10 @@ class FinetuneWidget(QWidget):
         config_values = self.config_values()
         self.outcome = None
         self.comparison.setText("")
-        self.plot.reset(f"validation {METRIC.upper()}")
+        self.decision.setVisible(False)
+        self.plot.reset(f"held-out {METRIC.upper()}")
+        self.plot.ax.set_xlabel("step", fontsize=8)
+        self._last_step = 0
 
         def factory(cancel):
             return finetune_job(base, samples, folders, config_values, name, cancel)
@@ -508,7 +575,7 @@ class FinetuneWidget(QWidget):
             factory, description="Fine-tuning", status=f"Fine-tuning {base} on {self.n_images()} image(s)…",
             on_event=self._on_event, on_returned=self._on_returned, on_cancelled=self._on_cancelled,
             on_late_returned=lambda outcome: self._on_late_returned(outcome, started.get("job")),
-            on_finished=self._finished, cooperative_cancel=True,
+            on_finished=self._finished, cooperative_cancel=True, torch_threads=gui_friendly_torch_threads(),
             oom_advice="use a smaller tile size or batch size, or the CPU device, and run again")
         started["job"] = self.job
         return self.job
@@ -518,17 +585,20 @@ class FinetuneWidget(QWidget):
 
     def _on_event(self, event: Any) -> None:
         if isinstance(event, TrainStep):
-            self.jobs.show_progress(Progress(f"epoch {event.epoch}, step", event.step, event.steps_per_epoch))
-            position = event.epoch - 1 + event.step / max(event.steps_per_epoch, 1)
-            self.plot.add_loss(position, event.losses.get("total", float("nan")))
-            self.status.setText(f"Epoch {event.epoch}, step {event.step}/{event.steps_per_epoch}: "
+            # finetune_iter: one "epoch" of all the steps; Validation.epoch counts evaluations (0 = the base)
+            self.jobs.show_progress(Progress("step", event.step, event.steps_per_epoch))
+            self._last_step = event.step
+            self.plot.add_loss(event.step, event.losses.get("total", float("nan")))
+            self.status.setText(f"Step {event.step}/{event.steps_per_epoch}: "
                                 f"loss {event.losses.get('total', float('nan')):.4f}")
         elif isinstance(event, Validation):
             value = event.metrics.get(METRIC)
+            step = getattr(self, "_last_step", 0) if event.epoch else 0
             if value is not None:
-                self.plot.add_metric(event.epoch, value)
+                self.plot.add_metric(step, value)
+            what = "base" if event.epoch == 0 else f"step {step}"
             best = "  (best so far)" if event.best else ""
-            self.status.setText(f"Epoch {event.epoch}: validation {METRIC.upper()} "
+            self.status.setText(f"Held-out {METRIC.upper()} ({what}): "
                                 f"{value if value is not None else float('nan'):.4f}{best}")
         elif isinstance(event, Message):
             self.status.setText(event.text)
@@ -536,14 +606,44 @@ class FinetuneWidget(QWidget):
     def _on_returned(self, outcome: FinetuneOutcome) -> None:
         self.outcome = outcome
         if outcome.saved_path is None:
-            self.status.setText("Cancelled before the first epoch finished; no model was saved."
+            self.status.setText("Cancelled before the first evaluation; no model was saved."
                                 if outcome.cancelled else "Training produced no checkpoint; nothing was saved.")
+            if outcome.before:
+                self.comparison.setText(self.comparison_text(outcome))
             return
-        stopped = f" (cancelled after {outcome.epochs_done} epoch(s))" if outcome.cancelled else ""
-        self.status.setText(f"Saved {outcome.name}{stopped}: best epoch {outcome.best_epoch}, "
-                            f"{outcome.saved_path}")
+        self._saved_names.add(outcome.name)
+        stopped = f" (cancelled after {outcome.steps_done} step(s))" if outcome.cancelled else ""
         self.comparison.setText(self.comparison_text(outcome))
-        self._announce_new_model(outcome.name)
+        if outcome.improved:
+            self.status.setText(f"Saved {outcome.name}{stopped}: best at step {outcome.best_step}, "
+                                f"{outcome.saved_path}; selected in Segment.")
+            self._announce_new_model(outcome.name, select=True)
+        else:
+            self.status.setText(f"Saved {outcome.name}{stopped} but NOT selected: it did not beat "
+                                f"{outcome.base_name or 'its base'}. Keep it anyway or discard it.")
+            self.decision.setVisible(True)
+            self._announce_new_model(outcome.name, select=False)
+
+    def keep_anyway(self) -> None:
+        """The user keeps a tuned model that did not beat its base (listed, not selected)."""
+        if self.outcome is None or self.outcome.saved_path is None:
+            return
+        self.decision.setVisible(False)
+        self.status.setText(f"Kept {self.outcome.name} although it did not beat its base; choose it in the "
+                            "Segment widget to use it.")
+
+    def discard(self) -> None:
+        """Delete the tuned model that did not beat its base."""
+        outcome = self.outcome
+        if outcome is None or outcome.saved_path is None:
+            return
+        Path(outcome.saved_path).unlink(missing_ok=True)
+        self._saved_names.discard(outcome.name)
+        self.decision.setVisible(False)
+        self.status.setText(f"Discarded {outcome.name}; {outcome.base_name or 'the base model'} stays your model.")
+        outcome.saved_path = None
+        self.refresh_models()
+        self._announce_new_model(None)
 
     def _on_cancelled(self) -> None:
         job = self.jobs.job
@@ -559,32 +659,49 @@ class FinetuneWidget(QWidget):
         if job is not None and job is self.jobs.job:
             self._on_returned(outcome)  # no newer run on screen: show it as the outcome
         elif outcome.saved_path is not None:
-            self._announce_new_model(outcome.name)
+            self._saved_names.add(outcome.name)
+            self._announce_new_model(outcome.name, select=outcome.improved)
         if outcome.saved_path is not None:
-            notify_info(f"Saved {outcome.name} (best epoch {outcome.best_epoch}) after the cancel.")
+            notify_info(f"Saved {outcome.name} (best at step {outcome.best_step}) after the cancel.")
         self.refresh_models()
 
     def _finished(self, job: Job) -> None:
+        self.plot.flush()  # live redraws are throttled: show the last points now
         self.refresh_models()
         self.validate()
 
     @staticmethod
     def comparison_text(outcome: FinetuneOutcome) -> str:
-        if not outcome.n_val:
-            return "No validation images (validation fraction 0), so no before/after comparison."
+        """Before/after on the same held-out data, the guard's verdict (coloured), and the data notes."""
+        where = (f"the held-out stripe of {outcome.n_val} image(s)" if outcome.holdout_region
+                 else f"{outcome.n_val} held-out image(s)")
         rows = []
         for key in ("pq", "aji", "dice", "mpq+"):
             if key in outcome.before or key in outcome.after:
                 b, a = outcome.before.get(key, float("nan")), outcome.after.get(key, float("nan"))
                 rows.append(f"<tr><td>{key.upper()}</td><td align='right'>{b:.3f}</td>"
                             f"<td align='right'>{a:.3f}</td><td align='right'>{a - b:+.3f}</td></tr>")
-        return (f"<b>On {outcome.n_val} validation image(s)</b><table cellspacing='6'>"
-                "<tr><th></th><th>before</th><th>after</th><th>change</th></tr>" + "".join(rows) + "</table>")
+        base = outcome.base_name or "the base"
+        if not outcome.after:
+            verdict = ""
+        elif outcome.improved:
+            verdict = (f"<p style='color:{GOOD_COLOUR}'><b>Better than {base}</b> on {where}: "
+                       f"{outcome.name} is selected in Segment.</p>")
+        else:
+            verdict = (f"<p style='color:{BAD_COLOUR}'><b>Not better than {base}</b> on {where}: "
+                       f"{outcome.name} is not selected. Keep it anyway or discard it.</p>")
+        notes = "".join(f"<li>{html.escape(note)}</li>" for note in outcome.notes)
+        return (verdict + f"<b>On {where}</b><table cellspacing='6'>"
+                "<tr><th></th><th>before</th><th>after</th><th>change</th></tr>" + "".join(rows) + "</table>"
+                + (f"<ul>{notes}</ul>" if notes else ""))
 
-    def _announce_new_model(self, name: str) -> None:
-        """Make every open Segment widget list the new model now."""
+    def _announce_new_model(self, name: str | None, select: bool = False) -> None:
+        """Make every open Segment widget list the new model now, and choose it when ``select``."""
         from cellzoo._napari.segment_widget import SegmentWidget
 
         for widget in QApplication.allWidgets():
             if isinstance(widget, SegmentWidget):
                 widget.refresh_models()
+                index = widget.model_combo.findData(name) if name else -1
+                if select and index >= 0:
+                    widget.model_combo.setCurrentIndex(index)
