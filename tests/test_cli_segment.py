@@ -93,7 +93,7 @@ def test_output_names_never_collide(tmp_path, model_file, shared_data, capsys):
     tifffile.imwrite(inputs / "slide.tif", tifffile.imread(image))
     import imageio.v3 as iio
 
-    iio.imwrite(inputs / "slide.png", tifffile.imread(image)[..., :3])
+    iio.imwrite(inputs / "slide.png", tifffile.imread(image))  # gray, as read (was sliced to 256×3 px)
     out = tmp_path / "out"
     assert main(["segment", str(inputs), "--model", str(model_file), "--out", str(out), "--device", "cpu"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["slide.x_instances.tif", "slide.y_instances.tif",

@@ -131,7 +131,7 @@ def test_invalid_fields_block_run(make_napari_viewer, tiny_model, monkeypatch):
     widget = make_widget(viewer)
     assert not widget.run_button.isEnabled()  # no image yet
     assert "Open an image" in widget.image_combo.toolTip() and widget.image_combo.styleSheet()
-    viewer.add_image(np.zeros((64, 64), np.uint8), name="blank")
+    viewer.add_image(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8), name="noise")
     assert widget.run_button.isEnabled() and not widget.image_combo.styleSheet()
 
     widget.tile_spin.setValue(32)
@@ -170,12 +170,12 @@ def test_engine_error_becomes_a_notification(make_napari_viewer, tiny_model, tmp
     shown = []
     monkeypatch.setattr("cellzoo._napari._worker.notify_error", shown.append)
     viewer = make_napari_viewer()
-    viewer.add_image(np.zeros((64, 64), np.uint8), name="blank")
+    viewer.add_image(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8), name="noise")
     widget = make_widget(viewer)
     (tmp_path / "models" / "tiny-he.safetensors").write_bytes(b"not a model any more")
     widget.run_button.click()
-    assert len(shown) == 1 and shown[0].startswith("Segmenting blank failed")
-    assert [layer.name for layer in viewer.layers] == ["blank"]
+    assert len(shown) == 1 and shown[0].startswith("Segmenting noise failed")
+    assert [layer.name for layer in viewer.layers] == ["noise"]
     assert widget.run_button.isEnabled()
 
 

@@ -148,6 +148,7 @@ def _write_stack(path: Path, array: np.ndarray) -> None:
 
 def run(args) -> int:
     from ..data.io import read_image, write_class_map, write_labels
+    from ..infer.checks import image_problem
     from ..infer.engine import resolve_model, resolve_scale, segment_iter, segment_stack_iter
     from ..types import run_to_end
 
@@ -173,8 +174,15 @@ def run(args) -> int:
                    scale=args.scale)
     planned = _plan_outputs(paths, args.out, typed, args.geojson, args.overwrite)
     print(f"model {model_name} ({model.family}, {len(paths)} image(s))", file=sys.stderr)
+    skipped = []
     for path, out_dir, stem in planned:
         image = read_image(path)
+        # 1×1, all-zero, all-NaN or constant images would give 0 objects without a word
+        problem = None if _is_stack(image, args.channel) else image_problem(image, args.channel)
+        if problem:
+            print(f"{path.name}: skipped: {problem}", file=sys.stderr)
+            skipped.append(path.name)
+            continue
         out_dir.mkdir(parents=True, exist_ok=True)
         if _is_stack(image, args.channel):
             results = run_to_end(segment_stack_iter(model, image, **options))
@@ -203,6 +211,9 @@ def run(args) -> int:
             if result.meta.get("scale", 1.0) != 1.0:
                 device += f", scale {result.meta['scale']:.2f}"
         print(f"{path.name}: {count} objects, {seconds:.2f} s, {device}")
+    if skipped:
+        raise ValueError(f"{len(skipped)} of {len(planned)} image(s) had nothing to segment and were skipped "
+                         f"({', '.join(skipped[:3])}{' …' if len(skipped) > 3 else ''}); see the lines above")
     return 0
 
 

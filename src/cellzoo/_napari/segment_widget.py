@@ -3,7 +3,10 @@
 Outputs ``<image> instances`` (Labels + features table) and ``<image> classes`` (Labels, one fixed
 colour per class, legend in the widget); see :mod:`cellzoo._napari._layers`.
 Every field is checked on change: an invalid one turns red with the reason in its tooltip and
-Run stays disabled until it is fixed.
+Run stays disabled until it is fixed. An image without content (1×1, all zero, all NaN, constant) is
+refused and a model/image mismatch (H&E into a fluorescence model or the reverse) is warned about,
+both in words above Run (:mod:`cellzoo.infer.checks`). The image field follows the image layer the
+user opens or selects.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from cellzoo.annotate import prepare_instances, sync_classes
 from cellzoo.types import Message, Progress
 
 from ._layers import class_colors_for, legend_widget, show_segmentation
+from ._scroll import scroll_layout
 from ._job_panel import JobPanel
 from ._worker import mark_field
 
@@ -183,8 +187,16 @@ class SegmentWidget(QWidget):
         self.legend_layout = QVBoxLayout(self.legend_box)
         self.legend_layout.setContentsMargins(0, 0, 0, 0)
 
-        layout = QVBoxLayout(self)
+        self.warning_label = QLabel("")
+        self.warning_label.setObjectName("cellzoo_warning")
+        self.warning_label.setWordWrap(True)
+        self.warning_label.setStyleSheet("color: #ffb000; font-weight: bold;")
+        self.warning_label.setVisible(False)
+        self._content_checks: dict[tuple, tuple[str | None, str | None]] = {}
+
+        layout = scroll_layout(self)  # fits a 1280×800 screen: the dock scrolls instead of growing
         layout.addLayout(form)
+        layout.addWidget(self.warning_label)
         layout.addWidget(self.advanced)
         layout.addLayout(buttons)
         layout.addWidget(self.jobs.progress_bar)
@@ -198,6 +210,8 @@ class SegmentWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_images)
         self.viewer.layers.events.removed.connect(self._refresh_images)
         self.viewer.layers.events.reordered.connect(self._refresh_images)
+        self.viewer.layers.selection.events.active.connect(self._on_active_layer)
+        self.viewer.dims.events.current_step.connect(self._on_plane_changed)
         self.image_combo.currentIndexChanged.connect(self._on_image_changed)
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
         self.scale_combo.currentTextChanged.connect(self.validate)
@@ -243,6 +257,10 @@ class SegmentWidget(QWidget):
 
     def _refresh_images(self, event=None) -> None:
         current = self.image_combo.currentText()
+        from napari.layers import Image
+
+        if getattr(event, "type", None) == "inserted" and isinstance(getattr(event, "value", None), Image):
+            current = event.value.name  # the image just opened is the one to segment
         self.image_combo.blockSignals(True)
         self.image_combo.clear()
         for layer in self._image_layers():
@@ -253,6 +271,22 @@ class SegmentWidget(QWidget):
         self.image_combo.setCurrentIndex(index)
         self.image_combo.blockSignals(False)
         self._on_image_changed()
+
+    def _on_active_layer(self, event=None) -> None:
+        """Selecting an image layer in the layer list selects it here too (other layers change nothing)."""
+        from napari.layers import Image
+
+        layer = self.viewer.layers.selection.active
+        if isinstance(layer, Image) and layer.name != self.image_combo.currentText():
+            index = self.image_combo.findText(layer.name)
+            if index >= 0:
+                self.image_combo.setCurrentIndex(index)
+
+    def _on_plane_changed(self, event=None) -> None:
+        """Another plane on screen: the content checks of a stack's plane are redone."""
+        layer = self.image_layer
+        if layer is not None and layer.ndim > 2:
+            self.validate()
 
     @property
     def image_layer(self):
@@ -350,7 +384,13 @@ class SegmentWidget(QWidget):
             reason = f"{layer.name} is not an image (shape {layer.data.shape})."
         elif getattr(layer, "multiscale", False):
             reason = f"{layer.name} is a multiscale pyramid; open its full-resolution level as its own layer."
+        problem, mismatch = self._content_check(layer) if reason is None else (None, None)
+        if problem:
+            reason = f"{layer.name}: {problem}."
         valid &= mark_field(self.image_combo, reason)
+        shown = reason if problem else mismatch
+        self.warning_label.setText(f"⚠ {shown}" if shown else "")
+        self.warning_label.setVisible(bool(shown))
 
         name = self.model_combo.currentData()
         info = self._infos.get(name)
@@ -387,6 +427,30 @@ class SegmentWidget(QWidget):
         running = self._job is not None and self._job.running
         self.run_button.setEnabled(bool(valid) and not running)
         return bool(valid)
+
+    def _content_check(self, layer) -> tuple[str | None, str | None]:
+        """(why the pixels cannot be segmented, model/image mismatch warning) for what Run would segment.
+
+        Checked on the plane on screen (the whole stack is not read here); cached per data, plane,
+        channel and model, since validate runs on every field change.
+        """
+        from cellzoo.infer.checks import image_problem, modality_warning
+
+        stack = layer.ndim > 2 and self.scope_combo.currentData() == "stack"
+        plane = self._plane_index(layer) if layer.ndim > 2 else ()
+        channel = self.channel_combo.currentData()
+        name = self.model_combo.currentData()
+        key = (id(layer.data), plane, stack, channel, name)
+        if key not in self._content_checks:
+            pixels = np.asarray(layer.data[plane] if plane else layer.data)
+            if layer.rgb is False and pixels.ndim == 3:
+                channel = None
+            # a blank plane in a stack is fine (e.g. an empty time point): only single images are refused
+            problem = None if stack else image_problem(pixels, channel)
+            info = self._infos.get(name)
+            mismatch = modality_warning(pixels, info, channel) if info is not None and not problem else None
+            self._content_checks = {key: (problem, mismatch)}  # only the latest: layers come and go
+        return self._content_checks[key]
 
     # ------------------------------------------------------------------ run
     def _plane_index(self, layer) -> tuple[int, ...]:
