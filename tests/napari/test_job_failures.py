@@ -1,7 +1,7 @@
 """Every failure inside a widget's job ends in a napari notification and a ready widget.
 
 Faults are injected where the widget's job calls the engine (``segment_iter``, ``evaluate_iter``,
-``train_iter``): a generator that yields a few real events and then raises. Everything else is real:
+``finetune_iter``): a generator that yields a few real events and then raises. Everything else is real:
 napari viewer under Xvfb, the widgets, their threads, the napari notification manager. After each
 failure the same widget is run again (the next fault, and at the end a real, successful run).
 The Correct widget has no jobs (its edits run on the main thread), so it is not part of this.
@@ -137,12 +137,11 @@ def finetune_setup(viewer, shared_data):
     widget = FinetuneWidget(viewer)
     viewer.window.add_dock_widget(widget)
     widget.base_model.setCurrentIndex(widget.base_model.findData("tiny"))
-    widget.epochs.setValue(1)
     widget.steps.setValue(2)
     widget.batch_size.setValue(1)
     widget.crop.setValue(64)
     widget.val_fraction.setValue(0.5)
-    return widget, "train_iter", lambda: widget.status.text(), \
+    return widget, "finetune_iter", lambda: widget.status.text(), \
         lambda: widget.outcome is not None and widget.outcome.saved_path is not None
 
 

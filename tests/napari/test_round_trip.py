@@ -156,7 +156,6 @@ def test_round_trip(make_napari_viewer, qtbot, env):
     for i in range(finetune.pairs.count()):  # train on the saved folder only
         finetune.pairs.item(i).setCheckState(Qt.CheckState.Unchecked)
     assert finetune.add_folder(folder)
-    finetune.epochs.setValue(1)
     finetune.steps.setValue(2)
     finetune.batch_size.setValue(1)
     finetune.crop.setValue(64)
@@ -208,7 +207,6 @@ def test_cancel_during_finetuning_leaves_no_model(make_napari_viewer, qtbot, env
     finetune = FinetuneWidget(viewer)
     finetune.base_model.setCurrentIndex(finetune.base_model.findData("tiny-he"))
     assert finetune.add_folder(tmp_path / "set")
-    finetune.epochs.setValue(1)
     finetune.steps.setValue(500)
     finetune.batch_size.setValue(1)
     finetune.crop.setValue(64)
