@@ -15,6 +15,7 @@ import numpy as np
 import tifffile
 
 from cellzoo._atomic import atomic_path
+from cellzoo.data.validate import check_image_size, regular_file
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 #: Formats read through imageio (Pillow); TIFF goes through tifffile.
@@ -29,12 +30,8 @@ def _suffix(path: Path) -> str:
 
 
 def _existing_file(path: str | os.PathLike, what: str) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{what} file not found: {path}. Check the path (and the working directory).")
-    if path.is_dir():
-        raise ValueError(f"{what} path {path} is a folder; give the path of a single file.")
-    return path
+    # a FIFO or device is refused here, before anything opens it (reading a FIFO would block forever)
+    return regular_file(path, f"{what} file")
 
 
 def _check_suffix(path: Path, allowed: tuple[str, ...], what: str) -> str:
@@ -48,22 +45,63 @@ def _check_suffix(path: Path, allowed: tuple[str, ...], what: str) -> str:
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image in its native dtype.
 
-    TIFF (tifffile): H×W, H×W×C, or pages×H×W[×C] for multi-page files. PNG/JPEG/BMP (imageio):
-    H×W (gray), H×W×3 (RGB) or H×W×4 (RGBA); 16-bit gray PNG stays uint16 (16-bit colour PNGs are
-    reduced to 8 bits by Pillow, with a warning).
+    TIFF (tifffile): H×W, H×W×C, or pages×H×W[×C] for multi-page files; a planar RGB TIFF (3×H×W stored
+    with photometric RGB) comes back as H×W×3. PNG/JPEG/BMP (imageio): H×W (gray), H×W×3 (RGB) or
+    H×W×4 (RGBA); a CMYK JPEG is converted to RGB; 16-bit gray PNG stays uint16 (16-bit colour PNGs are
+    reduced to 8 bits by Pillow, with a warning). The size the file declares is checked
+    (:mod:`cellzoo.data.validate`) before its pixels are decoded.
     """
     path = _existing_file(path, "image")
     suffix = _check_suffix(path, IMAGE_SUFFIXES, "an image")
     try:
         if suffix in TIFF_SUFFIXES:
-            return np.asarray(tifffile.imread(path))
-        if suffix == ".png" and _is_16bit_colour_png(path):
-            warnings.warn(f"{path.name} is a 16-bit colour PNG; Pillow reads it as 8-bit, so precision is "
-                          f"lost. Save it as .tif to keep 16 bits.", stacklevel=2)
-        return np.asarray(iio.imread(path))
-    except (OSError, ValueError, tifffile.TiffFileError) as exc:
+            return _read_tiff(path)
+        return _read_pillow(path, suffix)
+    except (OSError, ValueError, EOFError, SyntaxError, tifffile.TiffFileError) as exc:
+        if isinstance(exc, ValueError) and str(exc).startswith(f"{path}:"):
+            raise  # our own size check, already clear
         raise ValueError(f"could not read image {path}: {exc}. Is the file complete and really a "
                          f"{suffix} image?") from exc
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    with tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            raise ValueError("the TIFF holds no image data")
+        series = tif.series[0]
+        axes, shape = series.axes, tuple(series.shape)
+        height, width = (shape[axes.index("Y")], shape[axes.index("X")]) if "Y" in axes and "X" in axes \
+            else shape[-2:]
+        channels = shape[axes.index("S")] if "S" in axes else 1
+        planes = max(1, int(np.prod(shape)) // max(1, height * width * channels))
+        check_image_size(height, width, str(path), planes=planes, channels=channels,
+                         itemsize=series.dtype.itemsize)
+        image = np.asarray(series.asarray())
+        # planar RGB (planarconfig separate): samples come first; the engine expects H×W×3
+        if axes.endswith("SYX") and channels in (3, 4) and image.ndim >= 3:
+            image = np.moveaxis(image, -3, -1)
+    return image
+
+
+def _read_pillow(path: Path, suffix: str) -> np.ndarray:
+    from PIL import Image
+
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # our own limit below is checked from the header instead
+    try:
+        with Image.open(path) as handle:  # reads the header only
+            width, height = handle.size
+            mode = handle.mode
+            check_image_size(height, width, str(path), channels=len(handle.getbands()),
+                             itemsize=2 if "16" in mode else 4 if mode in ("I", "F") else 1)
+            if mode == "CMYK":  # JPEG from print workflows: imageio would hand over the 4 ink planes as RGBA
+                return np.asarray(handle.convert("RGB"))
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+    if suffix == ".png" and _is_16bit_colour_png(path):
+        warnings.warn(f"{path.name} is a 16-bit colour PNG; Pillow reads it as 8-bit, so precision is "
+                      f"lost. Save it as .tif to keep 16 bits.", stacklevel=3)
+    return np.asarray(iio.imread(path))
 
 
 def _is_16bit_colour_png(path: Path) -> bool:
