@@ -3,22 +3,53 @@ instance map, class map; or N×H×W instance maps only). PanNuke's own ``masks.n
 instance map per type) is read too."""
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 
 from cellzoo._atomic import atomic_path
+from cellzoo.data.validate import check_array_size, regular_file
 
 
 def _load(path: Path, mmap: bool) -> np.ndarray:
-    if not path.is_file():
-        raise FileNotFoundError(f"array file not found: {path}.")
+    """A plain .npy array; its header (shape, dtype) is checked against the file's size and the memory
+    limit (:mod:`cellzoo.data.validate`) before any data is read."""
+    path = regular_file(path, "array file")
+    shape, dtype, offset = _declared(path)
+    data_bytes = math.prod(shape) * dtype.itemsize
+    size = path.stat().st_size
+    if size - offset < data_bytes:
+        raise ValueError(f"{path.name} is truncated: its header declares {dtype} {shape} ({data_bytes:,} bytes of "
+                         f"data) but the file holds {max(size - offset, 0):,}; copy or save it again.")
+    if not mmap:
+        check_array_size(shape, dtype.itemsize, path.name)
     try:
         # allow_pickle=False: a .npy from the internet must not run code.
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except ValueError as exc:
+    except (ValueError, OSError, EOFError) as exc:
         raise ValueError(f"could not read {path.name} as a plain .npy array ({exc}).") from exc
+
+
+def _declared(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data offset) from a .npy header, with clear errors for anything else."""
+    with open(path, "rb") as fh:
+        try:
+            version = np.lib.format.read_magic(fh)
+            reader = {(1, 0): np.lib.format.read_array_header_1_0,
+                      (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if reader is None:
+                raise ValueError(f"unsupported .npy format version {version}")
+            shape, _fortran, dtype = reader(fh)
+        except (ValueError, EOFError, SyntaxError, TypeError) as exc:
+            raise ValueError(f"{path.name} is not a readable .npy file: its header is damaged or it is another "
+                             f"format ({exc}).") from None
+        offset = fh.tell()
+    if dtype.hasobject:
+        raise ValueError(f"{path.name} holds Python objects (dtype {dtype}); only plain .npy arrays of numbers are read "
+                         f"(a pickled array could run code).")
+    return tuple(int(n) for n in shape), dtype, offset
 
 
 #: PanNuke's own ``masks.npy`` (N×H×W×6): one instance map per type, channel 5 is background.
