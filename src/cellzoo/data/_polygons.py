@@ -15,6 +15,8 @@ import numpy as np
 from scipy import ndimage
 from skimage import draw, measure
 
+from cellzoo.data.validate import check_image_size
+
 #: Coordinate of the first pixel's centre in pixel-corner coordinates.
 CORNER_CENTER = 0.5
 
@@ -83,8 +85,10 @@ def ring_pixels(ring_xy: np.ndarray, shape: tuple[int, int], center: float = COR
 
 
 def rasterise(objects: Iterable[tuple[int, list[np.ndarray], list[np.ndarray]]], shape: tuple[int, int],
-              center: float = CORNER_CENTER) -> np.ndarray:
-    """Paint ``(id, exterior rings, hole rings)`` into an int32 map; later objects overwrite earlier ones."""
+              center: float = CORNER_CENTER, source: str = "annotation") -> np.ndarray:
+    """Paint ``(id, exterior rings, hole rings)`` into an int32 map; later objects overwrite earlier ones.
+    ``shape`` is checked against the size limits (:mod:`cellzoo.data.validate`) before the map is allocated."""
+    shape = checked_shape(shape, source)
     labels = np.zeros(shape, dtype=np.int32)
     for index, exteriors, holes in objects:
         for ring in exteriors:
@@ -97,8 +101,20 @@ def rasterise(objects: Iterable[tuple[int, list[np.ndarray], list[np.ndarray]]],
     return labels
 
 
-def extent_of(rings: Iterable[np.ndarray], center: float = CORNER_CENTER) -> tuple[int, int]:
-    """Smallest (H, W) that holds every pixel touched by ``rings`` — used when no image shape is given."""
+def checked_shape(shape, source: str) -> tuple[int, int]:
+    """An (H, W) map size within the limits; an empty (0, 0) file extent passes as it is."""
+    shape = tuple(shape)
+    if len(shape) != 2:
+        raise ValueError(f"{source}: a label map needs a 2-D shape (H, W), got {shape}")
+    if all(isinstance(n, (int, np.integer)) and n == 0 for n in shape):
+        return 0, 0
+    return check_image_size(shape[0], shape[1], source, itemsize=4)
+
+
+def extent_of(rings: Iterable[np.ndarray], center: float = CORNER_CENTER,
+              source: str = "annotation") -> tuple[int, int]:
+    """Smallest (H, W) that holds every pixel touched by ``rings`` — used when no image shape is given.
+    A size beyond the limits (coordinates at 1e9) is refused here, before anything is allocated."""
     max_x = max_y = -np.inf
     for ring in rings:
         ring = np.asarray(ring, dtype=float)
@@ -106,7 +122,11 @@ def extent_of(rings: Iterable[np.ndarray], center: float = CORNER_CENTER) -> tup
             max_x, max_y = max(max_x, ring[:, 0].max()), max(max_y, ring[:, 1].max())
     if not np.isfinite(max_x):
         return 0, 0
-    return int(np.floor(max_y - center)) + 1, int(np.floor(max_x - center)) + 1
+    height, width = int(np.floor(max_y - center)) + 1, int(np.floor(max_x - center)) + 1
+    if height < 1 or width < 1:
+        return 0, 0  # every vertex left of or above the image: nothing to paint
+    return checked_shape((height, width), f"{source} (no image size given; its largest coordinates "
+                                          f"imply one — pass the image's shape)")
 
 
 def instance_classes(labels: np.ndarray, classes: np.ndarray | None) -> dict[int, int]:
@@ -170,11 +190,15 @@ def load_json(source, in_memory_types: tuple[type, ...], what: str, in_memory_na
     clear error for a missing file or invalid JSON; ``where`` names the source in later messages."""
     if isinstance(source, in_memory_types):
         return source, in_memory_name
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}.")
+    from cellzoo.data.validate import regular_file
+
+    path = regular_file(source, what)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path.name} is not valid JSON ({exc}).") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path.name} is not a UTF-8 text file, so not JSON ({exc.reason} at byte {exc.start}).") from None
+    except RecursionError:
+        raise ValueError(f"{path.name} nests its JSON too deeply to be an annotation file.") from None
     return data, path.name

@@ -7,7 +7,9 @@ convention. Class ids are COCO category ids when those are 1..255.
 from __future__ import annotations
 
 import json
+import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -16,6 +18,7 @@ from pycocotools import mask as mask_utils
 
 from cellzoo._atomic import atomic_write_text
 from cellzoo.data import _polygons
+from cellzoo.data.validate import check_image_size
 
 SEGMENTATION_KINDS = ("rle", "polygon")
 
@@ -134,7 +137,51 @@ def read_coco(source: str | os.PathLike | dict) -> dict:
     if not isinstance(coco, dict) or "images" not in coco or "annotations" not in coco:
         hint = " It looks like a COCO results list; use read_coco_results." if isinstance(coco, list) else ""
         raise ValueError(f"{where} is not a COCO annotation file: it needs 'images' and 'annotations'.{hint}")
+    _check_structure(coco, where)
     return coco
+
+
+def _check_structure(coco: dict, where: str) -> None:
+    """Types and ids of a COCO dict, checked once so the readers below meet no KeyError or TypeError;
+    annotations that point at no image are reported (they would otherwise vanish without a word)."""
+    for key in ("images", "annotations", "categories"):
+        entries = coco.get(key, [])
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise ValueError(f"{where}: '{key}' must be a list of JSON objects.")
+    for category in coco.get("categories") or []:
+        if "id" not in category:
+            raise ValueError(f"{where}: a category has no 'id' ({str(category)[:80]}); every category needs "
+                             f"an integer id.")
+        _integer_id(category["id"], f"{where}: category id")
+    for info in coco["images"]:
+        if "id" not in info:
+            raise ValueError(f"{where}: an image entry has no 'id' ({str(info)[:80]}).")
+    image_ids = {_hashable(info["id"]) for info in coco["images"]}
+    orphans: dict = {}
+    for number, annotation in enumerate(coco["annotations"]):
+        for key in ("image_id", "segmentation"):
+            if key not in annotation:
+                raise ValueError(f"{where}: annotation {annotation.get('id', f'#{number}')} has no {key!r}; "
+                                 f"every annotation needs 'image_id' and 'segmentation' (polygons or RLE).")
+        if "category_id" in annotation:
+            _integer_id(annotation["category_id"], f"{where}: annotation {annotation.get('id', number)} category_id")
+        if _hashable(annotation["image_id"]) not in image_ids:
+            orphans[_hashable(annotation["image_id"])] = orphans.get(_hashable(annotation["image_id"]), 0) + 1
+    if orphans:
+        ids = sorted(orphans, key=str)
+        warnings.warn(f"{where}: {sum(orphans.values())} annotation(s) refer to image_id(s) "
+                      f"{ids[:10]}{' ...' if len(ids) > 10 else ''} that no entry of 'images' has; they are "
+                      f"not read. Fix their image_id or add the images.", stacklevel=3)
+
+
+def _hashable(value):
+    return value if isinstance(value, (int, str, float, type(None))) else str(value)
+
+
+def _integer_id(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise ValueError(f"{what} must be an integer, got {value!r}.")
+    return int(value)
 
 
 def coco_class_names(coco: dict) -> tuple[list[str], dict[int, int]]:
@@ -151,6 +198,11 @@ def coco_class_names(coco: dict) -> tuple[list[str], dict[int, int]]:
         if len(ids) > 255:
             raise ValueError(f"{len(ids)} COCO categories do not fit a uint8 class map (at most 255).")
         mapping = {i: k for k, i in enumerate(ids, start=1)}
+    unknown = sorted({int(a["category_id"]) for a in coco["annotations"]
+                      if "category_id" in a and int(a["category_id"]) not in mapping})
+    if unknown:
+        raise ValueError(f"annotations use category_id(s) {unknown[:10]} that are not in 'categories' "
+                         f"(ids {ids[:10]}); add those categories or fix the annotations.")
     names = ["background"] + [f"class_{k}" for k in range(1, max(mapping.values()) + 1)]
     for category in categories:
         names[mapping[int(category["id"])]] = str(category.get("name", names[mapping[int(category["id"])]]))
@@ -171,20 +223,76 @@ def _find_image(coco: dict, image: int | str) -> dict:
 
 
 def _to_rle(segmentation: Any, height: int, width: int) -> dict | None:
-    """One COCO segmentation (polygon list, uncompressed or compressed RLE) as a pycocotools RLE."""
+    """One COCO segmentation (polygon list, uncompressed or compressed RLE) as a pycocotools RLE.
+
+    Everything is checked before pycocotools sees it: its C decoder writes one byte per counted pixel
+    without a bounds check, so counts that are negative or sum past H×W must never reach it."""
     if isinstance(segmentation, list):
-        polygons = [list(map(float, p)) for p in segmentation if len(p) >= 6]
+        polygons = []
+        for polygon in segmentation:
+            if not isinstance(polygon, list) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in polygon):
+                raise ValueError(f"a COCO polygon must be a flat list of numbers [x1, y1, x2, y2, ...], got "
+                                 f"{str(polygon)[:60]!r}.")
+            if not all(math.isfinite(v) for v in polygon):
+                raise ValueError(f"a COCO polygon holds a coordinate that is not finite ({str(polygon)[:60]}).")
+            if len(polygon) >= 6:
+                polygons.append([float(v) for v in polygon])
         return mask_utils.merge(mask_utils.frPyObjects(polygons, height, width)) if polygons else None
     if isinstance(segmentation, dict) and "counts" in segmentation:
-        size = [int(v) for v in segmentation.get("size", [height, width])]
+        size = segmentation.get("size", [height, width])
+        if not isinstance(size, list) or len(size) != 2 or not all(isinstance(v, int) for v in size):
+            raise ValueError(f"a COCO mask's 'size' must be [height, width], got {str(size)[:40]!r}.")
         if size != [height, width]:
             raise ValueError(f"a COCO mask has size {tuple(size)} but its image is {(height, width)}.")
         counts = segmentation["counts"]
         if isinstance(counts, list):
+            _check_counts(counts, height, width)
             return mask_utils.frPyObjects({"size": size, "counts": counts}, *size)
-        return {"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+        if isinstance(counts, (str, bytes)):
+            text = counts.decode("ascii", "replace") if isinstance(counts, bytes) else counts
+            _check_counts(compressed_counts(text), height, width)
+            return {"size": size, "counts": text.encode("ascii")}
+        raise ValueError(f"a COCO mask's 'counts' must be a list of run lengths or an RLE string, got "
+                         f"{type(counts).__name__}.")
     raise ValueError(f"unknown COCO segmentation {str(segmentation)[:80]!r}; expected a polygon list or an "
                      f"RLE dict with 'size' and 'counts'.")
+
+
+def _check_counts(counts: list, height: int, width: int) -> None:
+    if not all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
+        raise ValueError("a COCO RLE's counts must be whole numbers (run lengths).")
+    if any(c < 0 for c in counts):
+        raise ValueError(f"a COCO RLE holds a negative run length ({min(counts)}); run lengths are ≥ 0.")
+    if sum(counts) != height * width:
+        raise ValueError(f"a COCO RLE's run lengths add up to {sum(counts)} pixels but its image has "
+                         f"{height}×{width} = {height * width}; the mask is damaged or belongs to another image.")
+
+
+def compressed_counts(text: str) -> list[int]:
+    """Run lengths of a compressed COCO RLE string (5-bit groups offset by 48, a continuation bit 0x20,
+    a sign bit 0x10 in the last group; from the third count on each is stored as a difference to the one
+    two places before it)."""
+    counts: list[int] = []
+    position = 0
+    while position < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if position >= len(text):
+                raise ValueError("a compressed COCO RLE string ends in the middle of a number; it is truncated.")
+            group = ord(text[position]) - 48
+            if not 0 <= group < 64:
+                raise ValueError(f"a compressed COCO RLE string holds an invalid character {text[position]!r}.")
+            value |= (group & 0x1F) << shift
+            more = bool(group & 0x20)
+            position += 1
+            shift += 5
+            if not more and group & 0x10:
+                value |= -1 << shift
+        if len(counts) > 2:
+            value += counts[-2]
+        counts.append(value)
+    return counts
 
 
 def segmentation_to_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
@@ -216,10 +324,11 @@ def coco_to_labels(coco: dict | str | os.PathLike, image: int | str, shape: tupl
     """
     coco = read_coco(coco)
     info = _find_image(coco, image)
-    height = int(info.get("height") or (shape[0] if shape else 0))
-    width = int(info.get("width") or (shape[1] if shape else 0))
+    height = info.get("height") or (shape[0] if shape else 0)
+    width = info.get("width") or (shape[1] if shape else 0)
     if not height or not width:
         raise ValueError(f"image {image!r} has no height/width in the COCO file; pass shape=(H, W).")
+    height, width = check_image_size(height, width, f"COCO image {image!r}", itemsize=4)
     if shape is not None and tuple(shape) != (height, width):
         raise ValueError(f"COCO image {image!r} is {height}×{width} but the given shape is {tuple(shape)}.")
     class_names, mapping = coco_class_names(coco)
@@ -285,7 +394,7 @@ def read_coco_results(source: str | os.PathLike | list, image_id: int | None = N
         if len(sizes) != 1:
             raise ValueError(f"cannot tell the image size from {where}; pass shape=(H, W).")
         shape = sizes.pop()
-    height, width = int(shape[0]), int(shape[1])
+    height, width = check_image_size(shape[0], shape[1], f"{where} (image size)", itemsize=5)
     labels = np.zeros((height, width), dtype=np.int32)
     classes = np.zeros((height, width), dtype=np.uint8)
     scores: dict[int, float] = {}

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cellzoo.data import coco, geojson, xml_annotations
+from cellzoo.data import _polygons, coco, geojson, xml_annotations
 from cellzoo.data.io import LABEL_SUFFIXES, labels_as_int32, read_labels
+from cellzoo.data.validate import regular_file
 
 DEFAULT_CLASS_NAMES = ["background", "nucleus"]
 ANNOTATION_SUFFIXES = LABEL_SUFFIXES + (".xml", ".geojson", ".json", ".npy")
@@ -51,6 +52,7 @@ def auto_read_annotation(path: str | os.PathLike, shape: tuple[int, int] | None 
         if shape is not None and labels.shape != tuple(shape):
             raise ValueError(f"{path.name} is {labels.shape} but the image is {tuple(shape)}; they must match.")
         return labels, classes, ["background"] + [f"class_{k}" for k in range(1, int(classes.max(initial=0)) + 1)]
+    regular_file(path, "annotation file")
     suffix = path.suffix.lower()
     if suffix not in ANNOTATION_SUFFIXES:
         raise ValueError(f"cannot read annotations from {path.name!r}: unsupported file type {suffix or '(none)'!r}; "
@@ -60,7 +62,9 @@ def auto_read_annotation(path: str | os.PathLike, shape: tuple[int, int] | None 
     if suffix in LABEL_SUFFIXES:
         labels = read_labels(path)
     elif suffix == ".npy":
-        array = np.load(path, allow_pickle=False)
+        from cellzoo.data.npy import _load as load_npy
+
+        array = load_npy(path, mmap=False)
         if array.ndim == 3 and array.shape[-1] == 2:
             labels, classes = labels_as_int32(array[..., 0], path.name), array[..., 1].astype(np.uint8)
         elif array.ndim == 2:
@@ -71,10 +75,7 @@ def auto_read_annotation(path: str | os.PathLike, shape: tuple[int, int] | None 
     elif suffix == ".xml":
         return xml_annotations.read_xml_annotations(path, shape)
     else:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path.name} is not valid JSON ({exc}).") from exc
+        data, _ = _polygons.load_json(path, (), "annotation file", "")
         kind = json_kind(data)
         if kind == "geojson":
             return geojson.read_geojson(data, shape)

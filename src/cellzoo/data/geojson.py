@@ -19,6 +19,7 @@ import numpy as np
 
 from cellzoo._atomic import atomic_write_text
 from cellzoo.data import _polygons
+from cellzoo.data.validate import finite_coordinates
 
 OBJECT_TYPES = ("annotation", "detection")
 #: Distinct colours for class ids 1, 2, ... (cycled).
@@ -80,17 +81,28 @@ def _features(data: Any, where: str) -> list[dict]:
     raise ValueError(f"{where} is not GeoJSON: expected a FeatureCollection, a Feature or a list of features.")
 
 
-def _polygons_of(geometry: dict | None) -> list[list]:
+def _polygons_of(geometry: Any, where: str) -> list[list]:
     """Polygon coordinate lists ([exterior, hole, ...]) inside a geometry."""
     if not geometry:
         return []
+    if not isinstance(geometry, dict):
+        raise ValueError(f"{where}: a feature's geometry must be a JSON object with 'type' and 'coordinates', "
+                         f"found {type(geometry).__name__} {str(geometry)[:40]!r}.")
     kind = geometry.get("type")
-    if kind == "Polygon":
-        return [geometry["coordinates"]]
-    if kind == "MultiPolygon":
-        return list(geometry["coordinates"])
+    if kind in ("Polygon", "MultiPolygon"):
+        coordinates = geometry.get("coordinates")
+        if not isinstance(coordinates, list):
+            raise ValueError(f"{where}: a {kind} needs a list of 'coordinates', found "
+                             f"{type(coordinates).__name__}.")
+        polygons = [coordinates] if kind == "Polygon" else coordinates
+        if not all(isinstance(p, list) for p in polygons):
+            raise ValueError(f"{where}: malformed {kind} coordinates (expected lists of rings of [x, y]).")
+        return polygons
     if kind == "GeometryCollection":
-        return [p for g in geometry.get("geometries", []) for p in _polygons_of(g)]
+        geometries = geometry.get("geometries", [])
+        if not isinstance(geometries, list):
+            raise ValueError(f"{where}: a GeometryCollection needs a list of 'geometries'.")
+        return [p for g in geometries for p in _polygons_of(g, where)]
     return []
 
 
@@ -142,16 +154,16 @@ def read_geojson(source: str | os.PathLike | dict | list, shape: tuple[int, int]
     for feature in _features(data, where):
         if not isinstance(feature, dict):
             raise ValueError(f"{where}: every feature must be a JSON object, found {type(feature).__name__}.")
-        polygons = _polygons_of(feature.get("geometry"))
+        polygons = _polygons_of(feature.get("geometry"), where)
         if not polygons:
             skipped += 1
             continue
-        try:
-            exteriors = [np.asarray(p[0], dtype=float)[:, :2] for p in polygons if p]
-            holes = [np.asarray(h, dtype=float)[:, :2] for p in polygons for h in p[1:]]
-        except (ValueError, IndexError, TypeError) as exc:
-            raise ValueError(f"{where}: malformed polygon coordinates ({exc}).") from exc
+        exteriors = [finite_coordinates(p[0], where) for p in polygons if p]
+        holes = [finite_coordinates(h, where) for p in polygons for h in p[1:]]
         properties = feature.get("properties") or {}
+        if not isinstance(properties, dict):
+            raise ValueError(f"{where}: a feature's 'properties' must be a JSON object, found "
+                             f"{type(properties).__name__}.")
         objects.append((_class_name(properties), exteriors, holes))
         ids_written.append(properties.get("class_id"))
     if skipped:
@@ -169,9 +181,9 @@ def read_geojson(source: str | os.PathLike | dict | list, shape: tuple[int, int]
     if len(class_names) > 256:
         raise ValueError(f"{where} names {len(class_names) - 1} classes; a class map holds at most 255.")
     if shape is None:
-        shape = _polygons.extent_of(ring for _, exteriors, _ in objects for ring in exteriors)
+        shape = _polygons.extent_of((ring for _, exteriors, _ in objects for ring in exteriors), source=where)
     labels = _polygons.rasterise(((k, ext, holes) for k, (_, ext, holes) in enumerate(objects, start=1)),
-                                 tuple(shape))
+                                 tuple(shape), source=where)
     if not any(name for name, _, _ in objects):
         return labels, None, ["background", "nucleus"] if len(class_names) == 1 else class_names
     class_of = {k: lookup[name.lower()] if name else 0 for k, (name, _, _) in enumerate(objects, start=1)}

@@ -17,6 +17,7 @@ import numpy as np
 
 from cellzoo._atomic import atomic_write_bytes
 from cellzoo.data import _polygons
+from cellzoo.data.validate import regular_file
 
 #: MoNuSAC's classes in the order used by the shared ``monusac_sample`` class maps.
 MONUSAC_CLASS_NAMES = list(_polygons.KNOWN_CLASS_NAMES[0])
@@ -38,6 +39,9 @@ def _region_ring(region: ET.Element, path: Path) -> np.ndarray:
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path.name}: a Vertex in Region {region.get('Id')!r} lacks numeric X/Y "
                          f"attributes ({exc}).") from exc
+    if ring.size and not np.isfinite(ring).all():
+        raise ValueError(f"{path.name}: a Vertex in Region {region.get('Id')!r} is not finite "
+                         f"({ring[~np.isfinite(ring).all(axis=1)][0].tolist()}); every X/Y must be a finite number.")
     if region.get("Type") == "2" and len(ring) == 2:
         # ImageScope ellipse: two vertices are opposite corners of its bounding box
         (x0, y0), (x1, y1) = ring
@@ -57,9 +61,7 @@ def read_xml_annotations(path: str | os.PathLike, shape: tuple[int, int] | None 
     case-insensitively; names not in it are appended); by default MoNuSAC's (or CoNSeP's) order when every
     name is one of its classes, else order of appearance. Files without class names give ``classes=None``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"XML annotation file not found: {path}.")
+    path = regular_file(path, "XML annotation file")
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as exc:
@@ -85,9 +87,9 @@ def read_xml_annotations(path: str | os.PathLike, shape: tuple[int, int] | None 
     if len(class_names) > 256:
         raise ValueError(f"{path.name} names {len(class_names) - 1} classes; a class map holds at most 255.")
     if shape is None:
-        shape = _polygons.extent_of((ring for _, ring in objects), _XML_CENTER)
+        shape = _polygons.extent_of((ring for _, ring in objects), _XML_CENTER, path.name)
     labels = _polygons.rasterise(((k, [ring], []) for k, (_, ring) in enumerate(objects, start=1)),
-                                 tuple(shape), _XML_CENTER)
+                                 tuple(shape), _XML_CENTER, path.name)
     if not names_seen:
         return labels, None, ["background", "nucleus"]
     class_of = {k: lookup[name.lower()] if name else 0 for k, (name, _) in enumerate(objects, start=1)}
