@@ -300,3 +300,35 @@ def test_cancel_after_an_evaluation_keeps_its_best_state(models_dir):
     assert meta["training"]["cancelled"] is True and meta["training"]["steps_done"] == 1
     assert [e.epoch for e in events if isinstance(e, Validation)] == [0, 1]  # the base, then step 1
     assert not list(Path(tempfile.tempdir).glob("cellzoo-finetune-*"))
+
+
+def test_suggest_puts_ranked_rectangles_in_a_shapes_layer(make_napari_viewer, qtbot, monkeypatch, models_dir,
+                                                          shared_data):
+    """Suggest (background job) with the embedded H&E model on a real MoNuSeg test image."""
+    monkeypatch.setenv("CELLZOO_SYNC_WORKERS", "0")
+    from napari.layers import Shapes
+
+    viewer, widget = _setup(make_napari_viewer)
+    path = sorted((shared_data / "monuseg2018/images/test").glob("*.png"))[0]
+    image = read_image(path)[:512, :768]
+    viewer.add_image(image, name="slide", rgb=True, scale=(0.5, 0.5))
+    assert widget.suggest_image.currentText() == "slide" and widget.suggest_button.isEnabled()
+    widget.base_model.setCurrentIndex(widget.base_model.findData("cellzoo-he"))
+    widget.suggest_n.setValue(3)
+    job = widget.suggest()
+    assert job.worker is not None  # a real thread
+    qtbot.waitUntil(lambda: not job.running, timeout=180_000)
+    layer = viewer.layers["slide suggestions"]
+    assert isinstance(layer, Shapes) and len(layer.data) == 3 and set(layer.shape_type) == {"rectangle"}
+    assert list(layer.features["rank"]) == [1, 2, 3]
+    assert list(layer.text.values) == ["1", "2", "3"]
+    assert tuple(layer.scale) == (0.5, 0.5)
+    for corners, patch in zip(layer.data, widget.suggestions):
+        assert corners.min(axis=0).tolist() == [patch.y, patch.x]
+        assert (corners.max(axis=0) - corners.min(axis=0)).tolist() == [256, 256]
+    assert np.allclose(layer.features["inconsistency"], [p.inconsistency for p in widget.suggestions])
+    assert "3 patch(es) to correct first" in widget.suggest_status.text() and widget.suggest_button.isEnabled()
+    # new suggestions replace the layer
+    widget._show_suggestions(viewer.layers["slide"], widget.suggestions[:2])
+    assert [layer.name for layer in viewer.layers].count("slide suggestions") == 1
+    assert len(viewer.layers["slide suggestions"].data) == 2

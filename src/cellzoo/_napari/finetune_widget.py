@@ -148,6 +148,29 @@ def finetune_job(base_name: str, layer_samples: list, folders: list[Path], setti
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
+def suggest_job(image: np.ndarray, model_name: str | None, n: int, patch: int, device: str, cancel):
+    """Generator run in the worker thread: the ranked patches of :func:`cellzoo.annotate.suggest.suggest_iter`
+    with the base model (its encoder features and its disagreements), or colour features without one."""
+    from cellzoo.annotate.suggest import suggest_iter
+
+    model = None
+    if model_name:
+        from cellzoo.zoo import load_model
+
+        yield Message(f"loading {model_name}")
+        model = load_model(model_name, progress=False)
+    return (yield from suggest_iter(image, model, n=n, patch=patch, device=device, cancel=cancel))
+
+
+def suggestion_shapes(patches) -> tuple[list[np.ndarray], dict[str, list]]:
+    """Rectangles (4 corners, row/column) and a feature table for napari's Shapes layer."""
+    rectangles = [np.array([[p.y, p.x], [p.y, p.x + p.size], [p.y + p.size, p.x + p.size], [p.y + p.size, p.x]],
+                           dtype=float) for p in patches]
+    features = {key: [getattr(p, key) for p in patches]
+                for key in ("rank", "score", "representativeness", "inconsistency", "cluster")}
+    return rectangles, features
+
+
 def _image_spatial_shape(layer) -> tuple[int, ...]:
     shape = tuple(layer.data.shape)
     return shape[:-1] if getattr(layer, "rgb", False) else shape
@@ -254,6 +277,7 @@ class FinetuneWidget(QWidget):
         folder_buttons.addWidget(self.remove_folder_button)
         data_box.addLayout(folder_buttons)
         data_box.addWidget(self.data_note)
+        data_box.addWidget(self._build_suggest_section())
         settings = QGroupBox("Training")
         form = QFormLayout(settings)
         form.addRow("Steps", self.steps)
@@ -313,6 +337,7 @@ class FinetuneWidget(QWidget):
         events = self.viewer.layers.events
         for event in (events.inserted, events.removed, events.moved):
             event.connect(self.refresh_pairs)
+            event.connect(self.refresh_suggest_images)
 
         self.refresh_models()
         self.refresh_pairs()
@@ -398,6 +423,106 @@ class FinetuneWidget(QWidget):
                                 and tuple(self.viewer.layers[c].data.shape) == shape), None)
                 out.append((image.name, layer.name, classes))
         return out
+
+    # ------------------------------------------------------------------ suggest what to annotate next
+    def _build_suggest_section(self) -> QGroupBox:
+        box = QGroupBox("Suggest what to annotate next")
+        box.setToolTip("Patches that are typical of the image(s) and where the base model disagrees with "
+                       "itself (flipped, rotated, other threshold): correct these first")
+        self.suggest_image = QComboBox()
+        self.suggest_image.setToolTip("Unlabelled image to rank patches of")
+        self.suggest_n = QSpinBox()
+        self.suggest_n.setRange(1, 50)
+        self.suggest_n.setValue(6)
+        self.suggest_n.setToolTip("Number of patches")
+        self.suggest_patch = QSpinBox()
+        self.suggest_patch.setRange(64, 1024)
+        self.suggest_patch.setSingleStep(32)
+        self.suggest_patch.setValue(256)
+        self.suggest_patch.setToolTip("Patch edge (px)")
+        self.suggest_button = QPushButton("Suggest")
+        self.suggest_button.setToolTip("Rank patches with the base model and show the best as rectangles")
+        self.suggest_status = QLabel("")
+        self.suggest_status.setWordWrap(True)
+        self.suggest_job: Job | None = None
+        self.suggestions: list = []
+        row = QHBoxLayout()
+        row.addWidget(self.suggest_image, 1)
+        row.addWidget(QLabel("N"))
+        row.addWidget(self.suggest_n)
+        row.addWidget(QLabel("px"))
+        row.addWidget(self.suggest_patch)
+        row.addWidget(self.suggest_button)
+        column = QVBoxLayout(box)
+        column.addLayout(row)
+        column.addWidget(self.suggest_status)
+        self.suggest_button.clicked.connect(self.suggest)
+        self.refresh_suggest_images()
+        return box
+
+    def refresh_suggest_images(self, *_: Any) -> None:
+        from napari.layers import Image
+
+        current = self.suggest_image.currentText()
+        names = [layer.name for layer in self.viewer.layers
+                 if isinstance(layer, Image) and len(_image_spatial_shape(layer)) == 2]
+        self.suggest_image.blockSignals(True)
+        self.suggest_image.clear()
+        self.suggest_image.addItems(names)
+        if current in names:
+            self.suggest_image.setCurrentText(current)
+        self.suggest_image.blockSignals(False)
+        running = self.suggest_job is not None and self.suggest_job.running
+        self.suggest_button.setEnabled(bool(names) and not running)
+
+    def suggest(self) -> Job | None:
+        """Rank patches of the chosen image in a background job; the result becomes a Shapes layer."""
+        from cellzoo._napari._worker import start_job
+
+        name = self.suggest_image.currentText()
+        if not name or name not in self.viewer.layers:
+            self.suggest_status.setText("Open an image first.")
+            return None
+        layer = self.viewer.layers[name]
+        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        image = np.asarray(data)
+        model_name = self.base_model.currentData()
+        n, patch, device = self.suggest_n.value(), self.suggest_patch.value(), self.device.currentText()
+        self.suggest_button.setEnabled(False)
+        self.suggest_status.setText(f"Ranking {patch}² patches of {name} with {model_name or 'colour features'}…")
+
+        def progress(event: Any) -> None:
+            if isinstance(event, Progress) and event.total:
+                self.suggest_status.setText(f"Ranking patches: {event.done}/{event.total} {event.message}")
+
+        def finished(_job: Job) -> None:
+            self.refresh_suggest_images()
+
+        self.suggest_job = start_job(lambda cancel: suggest_job(image, model_name, n, patch, device, cancel),
+                                     description="Suggesting patches", on_event=progress,
+                                     on_returned=lambda patches: self._show_suggestions(layer, patches),
+                                     on_finished=finished)
+        return self.suggest_job
+
+    def _show_suggestions(self, image_layer, patches: list) -> None:
+        """The ranked patches as a Shapes layer of rectangles labelled 1, 2, … (replacing an earlier one)."""
+        self.suggestions = list(patches)
+        name = f"{image_layer.name} suggestions"
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        rectangles, features = suggestion_shapes(patches)
+        ndim = 2
+        layer = self.viewer.add_shapes(
+            rectangles, shape_type="rectangle", name=name, features=features, edge_color="#ffd700",
+            face_color="transparent", edge_width=max(2, patches[0].size // 64) if patches else 2,
+            text={"string": "{rank}", "color": "#ffd700", "anchor": "upper_left", "size": 14},
+            scale=tuple(image_layer.scale[-ndim:]), translate=tuple(image_layer.translate[-ndim:]))
+        layer.metadata["cellzoo"] = {"suggestions_for": image_layer.name, "model": self.base_model.currentData()}
+        best = patches[0] if patches else None
+        self.suggest_status.setText(
+            f"{len(patches)} patch(es) to correct first, in order (layer '{name}')"
+            + (f"; #1 at y {best.y}, x {best.x}: inconsistency {best.inconsistency:.2f}, "
+               f"representativeness {best.representativeness:.2f}" if best else ""))
 
     def refresh_pairs(self, *_: Any) -> None:
         candidates = self._pair_candidates()
