@@ -21,6 +21,7 @@ from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBo
                             QVBoxLayout, QWidget)
 
 from cellzoo._napari._plots import BarChart
+from cellzoo._napari._scroll import scroll_layout
 from cellzoo._napari._job_panel import JobPanel
 from cellzoo._napari._worker import Job, mark_field
 
@@ -149,7 +150,7 @@ class EvaluateWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)  # fits a 1280×800 screen: the dock scrolls instead of growing
         layout.addWidget(inputs)
         layout.addWidget(self.warning_label)
         layout.addLayout(buttons)
