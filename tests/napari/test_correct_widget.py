@@ -397,7 +397,7 @@ def test_new_instance_painted_over_a_neighbour_gets_the_chosen_class(he_setup, q
     np.testing.assert_array_equal(cls.data, classes0)
 
 
-def test_edits_write_and_remember_only_the_touched_boxes(he_setup, monkeypatch):
+def test_edits_write_and_remember_only_the_touched_boxes(he_setup, monkeypatch, qtbot):
     """Work in proportion to the touched objects: pixels written, undo entries and outline updates
     stay inside the instance's box (counted, not timed)."""
     viewer, widget, inst, cls = he_setup
@@ -427,6 +427,8 @@ def test_edits_write_and_remember_only_the_touched_boxes(he_setup, monkeypatch):
 
     for name in written:
         written[name].clear()
+    # the outline overlay is made ahead of the first selection (adding a layer is a long napari step)
+    qtbot.waitUntil(lambda: "he instances selection" in viewer.layers, timeout=10_000)
     overlay = viewer.layers["he instances selection"]
     other = sorted(index.ids().tolist(), key=index.area_of)[len(index) // 3]
     plane_box = widget.index().bbox(other)

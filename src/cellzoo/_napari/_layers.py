@@ -9,11 +9,13 @@ class layer and the table in sync after edits.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 from napari.utils.colormaps import DirectLabelColormap
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QGridLayout, QLabel, QWidget
 
 from cellzoo.annotate import COLUMNS, InstanceIndex, instance_table
@@ -113,6 +115,10 @@ def set_plane_rows(layer, plane_index: tuple[int, ...], index: InstanceIndex) ->
     layer.features = pd.concat([keep, fresh], ignore_index=True).sort_values("label", ignore_index=True)
 
 
+def _show_layer(layer) -> None:
+    layer.visible = True
+
+
 def _geometry(image_layer) -> dict[str, Any]:
     ndim = image_layer.ndim
     return {"scale": tuple(image_layer.scale[-ndim:]), "translate": tuple(image_layer.translate[-ndim:])}
@@ -163,11 +169,13 @@ def show_segmentation(viewer, image_layer, labels: np.ndarray, classes: np.ndarr
         inst_layer.features = features
     else:
         # outlines over the class colours: each object's class and its extent are visible at once.
-        # Added hidden and shown once the contour is set, so napari draws (slices) it once, not twice
+        # Added hidden with its contour set, and shown in the next turn of the event loop: napari then
+        # draws it once (not once before and once after the contour), and the GUI breathes between
+        # napari's two long steps (creating the layers, outlining every object of the image)
         inst_layer = viewer.add_labels(labels, name=inst_name, features=features, opacity=1.0,
                                        metadata={META_KEY: info}, visible=False, **geometry)
         inst_layer.contour = 2
-        inst_layer.visible = True
+        QTimer.singleShot(1, partial(_show_layer, inst_layer))  # a timer: runs after the pending repaint
     cls_layer.metadata[META_KEY] = {"instances_layer": inst_name, "class_names": class_names, "class_colors": colors}
     # a new result starts a new editing session: earlier undo steps refer to other data. napari has no
     # public call for this, but switching editing off clears a Labels layer's undo history (the

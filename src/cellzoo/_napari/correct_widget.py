@@ -328,8 +328,9 @@ class CorrectWidget(QWidget):
         self._undo, self._redo = [], []
         self.selection = set()
         # the outline overlay exists before the first Ctrl+click (adding a layer is a long stall in
-        # napari); made once control is back in the event loop, apart from adding the result layers
-        QTimer.singleShot(0, self._ensure_selection_layer)
+        # napari); made once control is back in the event loop, after the result layers are shown
+        self._overlay_tries = 0
+        QTimer.singleShot(1, self._ensure_selection_layer_soon)
         self._show_selection()
 
     def _detach(self) -> None:
@@ -375,7 +376,8 @@ class CorrectWidget(QWidget):
         self._outlined = {}
         if self._selection_layer is not None and self._selection_layer.data.shape != self.layer.data.shape:
             self._remove_selection_layer()
-            QTimer.singleShot(0, self._ensure_selection_layer)
+            self._overlay_tries = 0
+            QTimer.singleShot(1, self._ensure_selection_layer_soon)
         elif self._selection_layer is not None:
             self._selection_layer.data = np.zeros(self.layer.data.shape, np.uint8)
         self.clear_selection()
@@ -698,6 +700,17 @@ class CorrectWidget(QWidget):
         if self._seeds_layer is not None:
             self._seeds_layer.data = np.zeros((0, self.layer.ndim)) if self.layer is not None else []
         self._show_selection()
+
+    def _ensure_selection_layer_soon(self) -> None:
+        """Make the overlay in a turn of its own, once the instances layer is shown (a new result is
+        added hidden and shown a moment later, see ``show_segmentation``)."""
+        if self.layer is None:
+            return
+        self._overlay_tries += 1
+        if not self.layer.visible and self._overlay_tries < 40:
+            QTimer.singleShot(50, self._ensure_selection_layer_soon)
+            return
+        QTimer.singleShot(1, self._ensure_selection_layer)
 
     def _ensure_selection_layer(self):
         """The overlay that outlines the selected instances: one uint8 layer, drawn object by object."""
