@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
@@ -71,13 +72,53 @@ class BarChart(_Canvas):
 class TrainingPlot(_Canvas):
     """Training loss per step (left axis) and the validation metric per epoch (right axis)."""
 
+    #: live updates are drawn at most this often: each draw is GUI-thread time (see flush)
+    MIN_REDRAW_INTERVAL_S = 1.0
+    #: the constrained layout is recomputed on the first draw, after a resize and every this many draws
+    LAYOUT_EVERY = 10
+
     def __init__(self, parent: QWidget | None = None, metric_name: str = "validation metric") -> None:
+        from qtpy.QtCore import QTimer
+
         super().__init__(parent)
         self.metric_name = metric_name
         self.loss_points: list[tuple[float, float]] = []
         self.metric_points: list[tuple[float, float]] = []
         self.metric_ax = self.ax.twinx()
+        self._last_draw = -math.inf
+        self._draws_since_layout = math.inf
+        self._pending = QTimer(self)
+        self._pending.setSingleShot(True)
+        self._pending.timeout.connect(self.flush)
         self._setup()
+
+    def redraw(self) -> None:
+        """Draw now, or once when the interval since the last draw is over (updates in between coalesce)."""
+        wait = self._last_draw + self.MIN_REDRAW_INTERVAL_S - time.monotonic()
+        if wait <= 0:
+            self.flush()
+        elif not self._pending.isActive():
+            self._pending.start(int(wait * 1000) + 1)
+
+    def flush(self) -> None:
+        """Draw the latest state now (e.g. when a job ended).
+
+        The constrained layout is half the cost of a draw (66 vs 31 ms of CPU, measured under Xvfb), so
+        it runs only now and then; in between the axes keep their place."""
+        self._pending.stop()
+        self._last_draw = time.monotonic()
+        if self._draws_since_layout >= self.LAYOUT_EVERY:
+            self.figure.set_layout_engine("constrained")
+            self.canvas.draw()
+            self.figure.set_layout_engine("none")
+            self._draws_since_layout = 0
+        else:
+            self.canvas.draw()
+            self._draws_since_layout += 1
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        self._draws_since_layout = math.inf  # the next draw lays the axes out for the new size
+        super().resizeEvent(event)
 
     def _setup(self) -> None:
         for ax in (self.ax, self.metric_ax):
@@ -98,7 +139,8 @@ class TrainingPlot(_Canvas):
         self.loss_points.clear()
         self.metric_points.clear()
         self._setup()
-        self.redraw()
+        self._draws_since_layout = math.inf  # new labels: lay out again
+        self.flush()
 
     def add_loss(self, epoch_position: float, loss: float) -> None:
         if math.isfinite(loss):

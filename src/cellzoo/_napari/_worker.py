@@ -93,7 +93,23 @@ class _Failed:
         self.error = error
 
 
-def _drive(factory: JobFactory, token: CancelToken, cooperative: bool = False):
+def gui_friendly_torch_threads() -> int:
+    """Threads for a long torch job inside napari: all cores but one (at least one), so the GUI thread
+    always has a core for repaints and plots instead of waiting for the job's compute threads."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
+def _set_torch_threads(count: int | None) -> None:
+    # per thread: the pool's threads are reused, so every job sets its own count
+    if count and "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(int(count))
+
+
+def _drive(factory: JobFactory, token: CancelToken, cooperative: bool = False, torch_threads: int | None = None):
     """Wrap the engine generator: stop it between events once cancelled; end with exactly one marker.
 
     The generator's return value is ``_CANCELLED``, ``_Returned(value)`` or ``_Failed(exc)`` for any
@@ -103,6 +119,7 @@ def _drive(factory: JobFactory, token: CancelToken, cooperative: bool = False):
     """
     gen = None
     try:
+        _set_torch_threads(torch_threads)
         gen = factory(token)
         while True:
             if not cooperative:
@@ -251,6 +268,7 @@ def start_job(
     cooperative_cancel: bool = False,
     cancel_grace_s: float = COOPERATIVE_CANCEL_GRACE_S,
     oom_advice: str | None = None,
+    torch_threads: int | None = None,
 ) -> Job:
     """Start ``factory(token)`` (an engine generator) in a thread and return its :class:`Job`.
 
@@ -263,6 +281,8 @@ def start_job(
     after a cancel, which then goes to ``on_returned``; if it takes longer than ``cancel_grace_s`` the
     job is reported cancelled and the result, when it comes, goes to ``on_late_returned``. By default
     the job is reported cancelled at once and stopped at its next event.
+    ``torch_threads``: torch's intra-op threads in the job's thread (threaded mode), e.g.
+    :func:`gui_friendly_torch_threads` for training; by default the main thread's count.
     """
     token = token or CancelToken()
     job = Job(description, token)
@@ -371,7 +391,9 @@ def start_job(
     # notification; ours shows the engine's message instead (see handle_error).
     from superqt.utils import GeneratorWorker
 
-    worker = GeneratorWorker(_drive, factory, token, cooperative_cancel)
+    if torch_threads is None and "torch" in sys.modules:
+        torch_threads = sys.modules["torch"].get_num_threads()
+    worker = GeneratorWorker(_drive, factory, token, cooperative_cancel, torch_threads)
     worker.yielded.connect(handle_event)
     worker.returned.connect(handle_outcome)
     worker.errored.connect(handle_worker_error)
