@@ -380,6 +380,9 @@ def convert_checkpoint(path_or_state: str | os.PathLike | Mapping[str, Any],
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
+            from .weights import read_safetensors_header
+
+            read_safetensors_header(path)  # damaged files fail clearly before the library reads them
             obj: Any = load_file(str(path))
         else:
             obj = safe_torch_load(path)

@@ -44,12 +44,12 @@ def model_from_checkpoint(path: str | os.PathLike, family: str | None = None,
 
 
 def _load_file(path: Path, family: str | None, info: ModelInfo | None) -> tuple[CellModel, dict[str, Any]]:
-    from .weights import load_weights, read_metadata
+    from .weights import MissingMetadata, load_weights, read_metadata
 
     if path.suffix == ".safetensors":
         try:
             read_metadata(path)
-        except ValueError:
+        except MissingMetadata:
             # a bare safetensors state dict (no cellzoo metadata): convert like a checkpoint
             model = model_from_checkpoint(path, family or (info.family if info else None))
             meta = info.metadata() if info else {"name": path.stem, "family": model.family}
@@ -80,9 +80,12 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
     """
     info: ModelInfo | None = None
     if _looks_like_path(name_or_path) and not _is_model_name(str(name_or_path), registry):
-        path = Path(name_or_path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"model file {path} does not exist")
+        from ..data.validate import regular_file
+
+        path = regular_file(name_or_path, "model file")
+        if path.suffix.lower() != ".safetensors" and not path.name.lower().endswith(_CHECKPOINT_SUFFIXES):
+            raise ValueError(f"{path} is neither a model name (see `cellzoo zoo list`) nor a weights file: give a "
+                             f".safetensors file or a PyTorch checkpoint ({', '.join(_CHECKPOINT_SUFFIXES)}).")
     else:
         info = get_model_info(str(name_or_path), registry)
         path = fetch_info(info, progress=progress)
