@@ -24,6 +24,8 @@ def add_arguments(parser):
                    help="comma-separated class names incl. background, e.g. background,tumour,immune")
     p.add_argument("--licence", default=None, help="licence of the weights, recorded with the model")
     p.add_argument("--training-data", default="", help="what the weights were trained on")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing user model of the same --name (without it, that is an error)")
 
 
 def _short(text: str, width: int) -> str:
@@ -33,6 +35,16 @@ def _short(text: str, width: int) -> str:
 
 def _metrics_text(metrics: dict) -> str:
     return " ".join(f"{k}={v:.3f}" if isinstance(v, float) else "" for k, v in metrics.items()).strip() or "-"
+
+
+#: what each STATUS in `cellzoo zoo list` means (every status of cellzoo.zoo.registry.STATUSES)
+STATUS_LEGEND = {
+    "embedded": "shipped inside the package, works offline",
+    "cached": "downloaded before, in the cache",
+    "downloadable": "downloaded on first use (or `cellzoo zoo fetch NAME`)",
+    "user": "your own model (`cellzoo zoo import` or a fine-tune)",
+    "missing": "no file and no working download link: see the notes (`--json`) for where to get it",
+}
 
 
 def _list(args) -> int:
@@ -50,6 +62,9 @@ def _list(args) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    shown = [status for status in STATUS_LEGEND if any(m.status == status for m in models)]
+    print("\nSTATUS: " + "; ".join(f"{status} = {STATUS_LEGEND[status]}" for status in shown))
+    print("METRICS: as recorded in the registry (src/cellzoo/zoo/registry.json) or the weights' metadata")
     return 0
 
 
@@ -64,21 +79,22 @@ def _fetch(args) -> int:
 
 
 def _import(args) -> int:
+    from ..data.validate import regular_file
     from ..zoo import load_registry, model_from_checkpoint, read_metadata, register_model
-    from ..zoo.weights import load_weights
+    from ..zoo.catalog import check_new_model_name
+    from ..zoo.weights import MissingMetadata, load_weights
 
-    path = args.file.expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    path = regular_file(args.file, "checkpoint")
     if args.name in load_registry():
         raise ValueError(f"{args.name!r} is a model of the zoo; choose another --name")
+    check_new_model_name(args.name, overwrite=args.overwrite)  # before any conversion work
     overrides = {}
     if args.class_names:
         overrides["class_names"] = [c.strip() for c in args.class_names.split(",") if c.strip()]
     meta: dict = {}
     try:
         meta = read_metadata(path) if path.suffix == ".safetensors" else {}
-    except ValueError:
+    except MissingMetadata:
         meta = {}
     if meta:
         model, meta = load_weights(path)
@@ -92,7 +108,7 @@ def _import(args) -> int:
     meta["licence"] = args.licence or meta.get("licence") or "unknown (imported checkpoint: check the source's terms)"
     if args.training_data:
         meta["training_data"] = args.training_data
-    out = register_model(model, args.name, meta)
+    out = register_model(model, args.name, meta, overwrite=args.overwrite)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"imported {path.name} as {args.name!r} ({model.family}, {n_params / 1e6:.1f} M parameters, "
           f"classes: {', '.join(model.class_names[1:])}) -> {out}")

@@ -110,21 +110,32 @@ def fetch(name: str, progress: bool | Callable[[int, int], Any] = True,
     return fetch_info(get_model_info(name, registry), progress=progress)
 
 
-def register_model(model, name: str, metadata: dict[str, Any] | None = None,
-                   registry: str | Path | None = None) -> Path:
-    """Save ``model`` (+ metadata) as a user model ``name``; returns the .safetensors path.
-
-    Zoo names are refused (fine-tuned models get new names); an existing user model of
-    the same name is replaced atomically.
-    """
-    from .weights import save_weights
-
+def check_new_model_name(name: str, registry: str | Path | None = None, *, overwrite: bool = False) -> Path:
+    """The path a user model ``name`` would be saved to, after checking the name: allowed characters, not
+    a zoo name, and (without ``overwrite``) not an existing user model."""
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise ValueError(f"model name {name!r} is not allowed: use 1-80 letters, digits, '.', '_' or '-', "
                          "starting with a letter or digit")
     if name in load_registry(registry):
         raise ValueError(f"{name!r} is a model of the zoo and cannot be replaced; "
                          f"save your model under a new name, e.g. {name}-finetuned")
+    path = user_model_dir() / f"{name}{USER_SUFFIX}"
+    if path.exists() and not overwrite:
+        raise ValueError(f"a user model named {name!r} exists already ({path}); pass --overwrite to replace it, "
+                         f"or choose another --name")
+    return path
+
+
+def register_model(model, name: str, metadata: dict[str, Any] | None = None,
+                   registry: str | Path | None = None, *, overwrite: bool = True) -> Path:
+    """Save ``model`` (+ metadata) as a user model ``name``; returns the .safetensors path.
+
+    Zoo names are refused (fine-tuned models get new names); an existing user model of
+    the same name is replaced atomically, or refused with ``overwrite=False``.
+    """
+    from .weights import save_weights
+
+    check_new_model_name(name, registry, overwrite=overwrite)
     meta = dict(metadata or {})
     meta["name"] = name
     meta.setdefault("licence", "unknown (user model)")
