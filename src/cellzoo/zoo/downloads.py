@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +28,10 @@ from .registry import ModelInfo
 
 RECORDED_HASHES = "recorded_sha256.json"
 DEFAULT_TIMEOUT = 30
+DEADLINE_ENV = "CELLZOO_DOWNLOAD_DEADLINE"
+DEFAULT_DEADLINE = 1800.0
+#: no weight file is smaller than this; a shorter body is an error page or a broken transfer
+MIN_WEIGHTS_BYTES = 1024
 
 
 class FetchError(RuntimeError):
@@ -170,28 +176,82 @@ class GoogleDriveDownloader:
             "may have been removed, not be shared publicly, or its download quota is exceeded")
 
     def _stream(self, response, output_file) -> None:
-        total = int(response.headers.get("content-length", 0))
-        progress = None
-        if self.progressbar is True:
-            from tqdm.auto import tqdm
+        stream_response(response, output_file, self.progressbar, self.chunk_size)
 
-            progress = tqdm(total=total, unit="B", unit_scale=True, ncols=79, leave=True)
-        elif self.progressbar:
-            progress = self.progressbar
-            progress.total = total
-        is_path = not hasattr(output_file, "write")
-        fh = open(output_file, "w+b") if is_path else output_file
-        try:
-            for chunk in response.iter_content(chunk_size=self.chunk_size):
-                if chunk:
-                    fh.write(chunk)
-                    if progress is not None:
-                        progress.update(len(chunk))
-        finally:
-            if is_path:
-                fh.close()
-            if progress is not None:
-                progress.close()
+
+def download_deadline() -> float:
+    """Seconds a whole download may take (``CELLZOO_DOWNLOAD_DEADLINE``, default 1800): the per-read
+    timeout alone lets a server that drips a few bytes every second hold a download for ever."""
+    from ..data.validate import finite_number
+
+    text = os.environ.get(DEADLINE_ENV, "").strip()
+    if not text:
+        return DEFAULT_DEADLINE
+    return float(finite_number(text, DEADLINE_ENV, minimum=0, exclusive_minimum=True))
+
+
+def stream_response(response, output_file, progressbar, chunk_size: int = 1 << 20) -> None:
+    """Write a streamed response to ``output_file``: refused when it is a web page, when it takes longer
+    than :func:`download_deadline`, or when fewer bytes arrive than its Content-Length announced."""
+    import requests
+
+    if _is_html(response):
+        raise requests.exceptions.RequestException(
+            f"the server sent a web page (Content-Type {response.headers.get('content-type')}) instead of the "
+            "file: a login, error or quota page")
+    total = int(response.headers.get("content-length", 0) or 0)
+    progress = None
+    if progressbar is True:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=total, unit="B", unit_scale=True, ncols=79, leave=True)
+    elif progressbar:
+        progress = progressbar
+        progress.total = total
+    deadline = time.monotonic() + download_deadline()
+    received = 0
+    is_path = not hasattr(output_file, "write")
+    fh = open(output_file, "w+b") if is_path else output_file
+    try:
+        for chunk in response.iter_content(chunk_size=chunk_size):
+            if time.monotonic() > deadline:
+                raise requests.exceptions.Timeout(
+                    f"the download took longer than {download_deadline():g} s ({received:,} bytes received); "
+                    f"the server is too slow. Set {DEADLINE_ENV} to allow more time")
+            if chunk:
+                fh.write(chunk)
+                received += len(chunk)
+                if progress is not None:
+                    progress.update(len(chunk))
+    finally:
+        if is_path:
+            fh.close()
+        if progress is not None:
+            progress.close()
+    if total and received < total:
+        raise requests.exceptions.ChunkedEncodingError(
+            f"only {received:,} of the announced {total:,} bytes arrived")
+
+
+class HTTPDownloader:
+    """A pooch downloader for plain HTTP(S) links, streamed by :func:`stream_response` (overall deadline,
+    no web pages, complete bodies only)."""
+
+    def __init__(self, progressbar: bool | CallbackProgress = False, timeout: float = DEFAULT_TIMEOUT,
+                 chunk_size: int = 1 << 16) -> None:
+        self.progressbar = progressbar
+        self.timeout = timeout
+        self.chunk_size = chunk_size
+
+    def __call__(self, url: str, output_file, pooch=None, check_only: bool = False):
+        import requests
+
+        with requests.get(url, stream=True, timeout=self.timeout) as response:
+            response.raise_for_status()
+            if check_only:
+                return True
+            stream_response(response, output_file, self.progressbar, self.chunk_size)
+        return None
 
 
 def _is_html(response) -> bool:
@@ -318,7 +378,7 @@ def fetch_info(info: ModelInfo, progress: bool | Callable[[int, int], Any] = Tru
         if is_drive_url(url):
             downloader = GoogleDriveDownloader(progressbar=bar, timeout=DEFAULT_TIMEOUT)
         else:
-            downloader = pooch.HTTPDownloader(progressbar=bar, timeout=DEFAULT_TIMEOUT)
+            downloader = HTTPDownloader(progressbar=bar, timeout=DEFAULT_TIMEOUT)
         try:
             result = pooch.retrieve(url, known_hash=known_hash, fname=info.filename, path=folder,
                                     downloader=downloader, progressbar=bar)
@@ -330,6 +390,13 @@ def fetch_info(info: ModelInfo, progress: bool | Callable[[int, int], Any] = Tru
             failures.append(f"{url}: {_describe_request_error(exc)}")
             continue
         path = Path(result)
+        if not info.sha256:
+            # no hash to check against: the file must at least be complete weights, or it is not kept
+            problem = downloaded_file_problem(path, info)
+            if problem:
+                path.unlink(missing_ok=True)
+                failures.append(f"{url}: {problem}; it was discarded")
+                continue
         # pooch checked a known hash already; an unknown one is recorded now (first download)
         _record_hash(folder, path.name, info.sha256 or file_sha256(path), url)
         return path
@@ -337,6 +404,31 @@ def fetch_info(info: ModelInfo, progress: bool | Callable[[int, int], Any] = Tru
         f"could not download {info.filename!r} for model {info.name!r}:\n  " + "\n  ".join(failures)
         + f"\nTo install it by hand, {_where_to_get(info)} and put it in {folder} as {info.filename!r}; "
         "or set CELLZOO_MIRROR to a server that has it.")
+
+
+def downloaded_file_problem(path: Path, info: ModelInfo) -> str | None:
+    """What shows a download without a known hash is not the weight file (None when it looks right): a
+    size other than the registry's, a tiny body, a web page, or a file its loader would refuse."""
+    from .safe_load import check_checkpoint_file
+    from .weights import read_safetensors_header
+
+    size = path.stat().st_size
+    if info.size and size != int(info.size):
+        return f"it has {size:,} bytes, not the {int(info.size):,} the registry gives"
+    with open(path, "rb") as fh:
+        head = fh.read(512).lstrip().lower()
+    if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body")):
+        return "the server sent a web page (a login, error or quota page), not the weights"
+    if size < MIN_WEIGHTS_BYTES:
+        return f"it has only {size} bytes, too few for model weights"
+    try:
+        if info.filename.endswith(".safetensors"):
+            read_safetensors_header(path)
+        else:
+            check_checkpoint_file(path)
+    except ValueError as exc:
+        return f"it is not complete weights ({exc})"
+    return None
 
 
 def _describe_request_error(exc: Exception) -> str:
@@ -350,5 +442,5 @@ def _describe_request_error(exc: Exception) -> str:
     if isinstance(exc, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)):
         return "the transfer broke off before the whole file arrived"
     if isinstance(exc, requests.exceptions.Timeout):
-        return "the server did not answer in time"
+        return str(exc) if "took longer" in str(exc) else "the server did not answer in time"
     return str(exc) or type(exc).__name__
