@@ -61,3 +61,27 @@ def test_images_without_content_are_refused_with_a_reason(shared_data):
     rgb = np.zeros((64, 64, 3), np.uint8)
     rgb[..., 2] = fluo[:64, :64]
     assert image_problem(rgb, channel=0) is not None and image_problem(rgb, channel=2) is None
+
+
+def test_dark_stained_patches_are_not_called_fluorescence(shared_data):
+    """Dense, dark H&E fields (CoNSeP train_2_001/3/4) have a dark median but colour: no verdict, no warning."""
+    infos = {info.name: info for info in list_models()}
+    for name in ("train_2_001", "train_2_003", "train_2_004"):
+        image = read_image(shared_data / "consep" / "train" / "images" / f"{name}.jpg")
+        assert image_modality(image) is None
+        assert modality_warning(image, infos["cellzoo-he"]) is None
+
+
+def test_large_inputs_are_judged_quickly(shared_data):
+    import time
+
+    from cellzoo.data.label_kind import raster_kind
+
+    he = np.tile(_images(shared_data, "monuseg2018/images/test/*.png", 1)[0], (3, 3, 1))  # 3000² RGB
+    labels = np.zeros((3000, 3000), np.int32)
+    labels[1000:2000, 1000:2000] = read_image(
+        sorted((shared_data / "consep" / "stitched" / "test" / "inst").glob("*.png"))[0])
+    start = time.perf_counter()
+    assert image_modality(he) == "brightfield" and image_problem(he) is None
+    assert raster_kind(labels).kind == "instances"  # judged on its central 1024² window
+    assert time.perf_counter() - start < 1.5  # ~0.2 s on one core; 2 s before sampling

@@ -24,6 +24,9 @@ MAX_INSTANCE_REGIONS_PER_VALUE = 1.5
 MAX_CLASS_VALUES = 16
 #: label maps have background: at least this fraction of pixels is 0 (or the map is all one object)
 MIN_BACKGROUND_FRACTION = 0.01
+#: larger maps are judged on their central window of this size (about 0.1 s; label maps look alike
+#: everywhere, and a widget must not stall on a whole-slide map)
+MAX_SIDE = 1024
 
 
 @dataclass(frozen=True)
@@ -48,10 +51,11 @@ def _change_fraction(plane: np.ndarray) -> float:
     return changed / kept if kept else 0.0
 
 
-def raster_kind(array: np.ndarray) -> LabelMapStats:
+def raster_kind(array: np.ndarray, max_side: int = MAX_SIDE) -> LabelMapStats:
     """Classify a raster as ``"image"``, ``"instances"`` (one value per object) or ``"classes"``.
 
     Only integer (or boolean) single-channel 2-D data can be a label map; everything else is an image.
+    Maps larger than ``max_side`` are judged on their central ``max_side``² window.
     """
     from skimage.measure import label as connected
 
@@ -63,6 +67,9 @@ def raster_kind(array: np.ndarray) -> LabelMapStats:
 
     if plane.ndim != 2 or min(plane.shape) < 2:
         return result("image", f"shape {data.shape} is not a single-channel 2-D map")
+    if max(plane.shape) > max_side:
+        top, left = (max(0, (n - max_side) // 2) for n in plane.shape)
+        plane = plane[top:top + max_side, left:left + max_side]
     if plane.dtype == bool:
         plane = plane.astype(np.uint8)
     if plane.dtype.kind not in "iu":

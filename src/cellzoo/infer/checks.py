@@ -22,8 +22,12 @@ MIN_SIDE = 8
 DARK_BACKGROUND = 0.2
 #: mean (max - min) over the colour channels on that range: gray 0, H&E 0.15-1.0
 STAINED_CHROMA = 0.1
+#: below this a dark image counts as gray (fluorescence: 0); dark H&E patches of CoNSeP: 0.07-0.08
+GRAY_CHROMA = 0.05
 #: a gray image this light is brightfield (unstained or converted to gray)
 LIGHT_BACKGROUND = 0.5
+#: pixels looked at for the modality (a 3000² RGB image: 0.1 s instead of 0.9 s for every second pixel)
+SAMPLE_PIXELS = 250_000
 
 _FLUORESCENCE_WORDS = re.compile(r"fluoresc|\bfluo\b|\bdsb\b|dsb ?2018|bbbc|dapi|hoechst", re.IGNORECASE)
 _BRIGHTFIELD_WORDS = re.compile(r"h&e|\bhe\b|h and e|hematoxylin|haematoxylin|eosin|consep|monuseg|monusac|conic|"
@@ -69,14 +73,15 @@ def image_modality(image: Any, channel: int | None = None) -> Modality | None:
     """"fluorescence" (dark background), "brightfield" (light background or stained colour), or None.
 
     Measured on the image's own intensity range (0.5-99.5 percentiles), so 8-bit, 16-bit and float
-    images are judged alike; every second pixel is enough.
+    images are judged alike; a regular grid of about :data:`SAMPLE_PIXELS` pixels is enough.
     """
     array = _plane(image, channel)
     if array.ndim == 3 and array.shape[2] == 4:
         array = array[..., :3]
     if array.ndim not in (2, 3) or array.dtype.kind not in "biuf" or min(array.shape[:2]) < MIN_SIDE:
         return None
-    sample = np.asarray(array[::2, ::2], dtype=np.float32)
+    step = max(1, int(np.sqrt(array.shape[0] * array.shape[1] / SAMPLE_PIXELS)))
+    sample = np.asarray(array[::step, ::step], dtype=np.float32)
     gray = sample.mean(axis=2) if sample.ndim == 3 else sample
     finite = np.isfinite(gray)
     if not finite.any():
@@ -90,7 +95,9 @@ def image_modality(image: Any, channel: int | None = None) -> Modality | None:
         spread = sample.max(axis=2) - sample.min(axis=2)
         chroma = float(np.mean(spread[np.isfinite(spread)])) / (high - low)
     if median < DARK_BACKGROUND:
-        return "fluorescence"
+        # colour on a dark image: a dark, dense H&E field (3 of 656 CoNSeP patches) as likely as a
+        # coloured fluorescence composite; unsure, so no warning either way
+        return "fluorescence" if chroma < GRAY_CHROMA else None
     if chroma >= STAINED_CHROMA or median >= LIGHT_BACKGROUND:
         return "brightfield"
     return None
