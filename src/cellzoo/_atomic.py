@@ -7,9 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
+import time
 from pathlib import Path
 from typing import Iterator
+
+#: temporaries left by a killed process are removed by the next write to their folder after this long
+STALE_PART_SECONDS = 3600
+_swept: set[Path] = set()
+_PART_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.part$")
 
 
 @contextlib.contextmanager
@@ -17,6 +24,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.parent not in _swept:  # once per folder and process: output folders can hold thousands of files
+        _swept.add(path.parent)
+        remove_stale_parts(path.parent)
     tmp_path = _new_temporary(path)
     try:
         yield tmp_path
@@ -26,6 +36,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def remove_stale_parts(folder: Path, max_age: float = STALE_PART_SECONDS) -> list[Path]:
+    """Delete our hidden temporaries (``.<name>.<8 hex>.part``) in ``folder`` older than ``max_age`` seconds:
+    what a kill -9 mid-write leaves. Younger ones may belong to a write still running, so they stay."""
+    removed = []
+    cutoff = time.time() - max_age
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not _PART_NAME.match(entry.name):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:  # gone already, or not ours to delete
+            continue
+    return removed
 
 
 def _new_temporary(path: Path) -> Path:
