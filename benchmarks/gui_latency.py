@@ -70,9 +70,11 @@ class Probe:
         begins = ticks[:-1]
         inside = (ends >= start) & (begins <= stop)
         late = np.maximum(gaps[inside] - self.interval, 0.0)
+        # (start of the stall relative to the scenario, its length), both in ms: where the time went
+        stalls = [(round(1000 * (b - start)), round(1000 * g)) for b, g in zip(begins[inside], late) if g > 0.1]
         return {"longest_ms": 1000 * float(late.max()) if late.size else 0.0,
                 "late100": int((late > 0.100).sum()), "late50": int((late > 0.050).sum()),
-                "ticks": int(inside.sum())}
+                "ticks": int(inside.sum()), "stalls": stalls}
 
 
 def wait(ms: int) -> None:
@@ -201,6 +203,8 @@ class Bench:
         self.rows.append((name, stats, note))
         print(f"{name:44s} longest stall {stats['longest_ms']:7.0f} ms  (call {stats['call_ms']:6.0f} ms, "
               f">100 ms: {stats['late100']}, >50 ms: {stats['late50']}) {note}", flush=True)
+        if os.environ.get("GUI_LATENCY_VERBOSE"):
+            print("    stalls > 100 ms (start, length):", stats["stalls"], flush=True)
         return stats
 
     # --------------------------------------------------------------- reference
@@ -264,6 +268,9 @@ class Bench:
         for name, stats, note in self.rows[-2:]:
             print(f"{name:44s} longest stall {stats['longest_ms']:7.0f} ms  (call {stats['call_ms']:6.0f} ms, "
                   f">100 ms: {stats['late100']}, >50 ms: {stats['late50']}) {note}", flush=True)
+        print("    result -> layers, stalls > 100 ms (start, length):", layers["stalls"], flush=True)
+        print("    job, the 10 longest stalls (start, length):",
+              sorted(job["stalls"], key=lambda x: -x[1])[:10], flush=True)
         self.count = count
 
     # --------------------------------------------------------------- correct
@@ -402,36 +409,72 @@ class Bench:
 
 
 def default_finetune_scenarios(bench: Bench) -> None:
-    """A short Fine-tune run on the corrected mosaic (its instances layer as training data)."""
-    from cellzoo._napari.finetune_widget import FinetuneWidget
+    """Fine-tune the model on two MoNuSeg test tiles with their ground truth (a training-set folder):
+    the stalls over a short run, then a second run cancelled after a few seconds (click -> ready).
+    Models go to a temporary CELLZOO_MODELS folder, never the user's."""
+    import tempfile
 
+    from cellzoo._napari.finetune_widget import FinetuneWidget
+    from cellzoo.annotate import TrainingSetWriter
+    from cellzoo.data import read_image, read_labels
+
+    root = shared_data() / "monuseg2018"
+    folder = Path(tempfile.mkdtemp(prefix="cellzoo-bench-")) / "set"
+    writer = TrainingSetWriter(folder)
+    for path in sorted((root / "images" / "test").glob("*.png"))[:2]:
+        writer.add(np.asarray(read_image(path))[..., :3], np.asarray(read_labels(root / "labels" / "test" / path.name)),
+                   source_layer=path.stem, model="ground truth")
     viewer = bench.viewer
     widget = FinetuneWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Fine-tune")
+    wait(500)
+    index = widget.base_model.findData(bench.args.model)
+    if index >= 0:
+        widget.base_model.setCurrentIndex(index)
+    widget.add_folder(folder)
+    widget.steps.setValue(bench.args.finetune_steps)
+    widget.batch_size.setValue(2)
+    widget.crop.setValue(256)
+    widget.new_name.setText("bench-ft")
     wait(500)
     if not widget.run_button.isEnabled():
         print(f"Fine-tune: Run is disabled ({widget.run_button.toolTip()}); skipped", flush=True)
         bench.rows.append(("Fine-tune: short run", {"longest_ms": float("nan"), "late100": 0, "late50": 0},
                            "skipped: " + widget.run_button.toolTip()[:80]))
         return
+
+    def running() -> bool:
+        job = getattr(widget, "job", None)
+        return bool(job is not None and getattr(job, "running", False))
+
     start = time.perf_counter()
-    widget.run()
-    took = wait_until(lambda: widget.run_button.isEnabled(), timeout_s=bench.args.finetune_seconds)
-    if took == float("inf"):  # still training: this run's stalls so far, then Cancel
-        stats = bench.probe.stats(start, time.perf_counter())
-        stats["call_ms"] = 1000 * (time.perf_counter() - start)
-        bench.rows.append(("Fine-tune: running", stats, f"first {bench.args.finetune_seconds:.0f} s"))
-        click_at = time.perf_counter()
+    widget.run_button.click()
+    took = wait_until(lambda: not running() and widget.run_button.isEnabled(), timeout_s=bench.args.finetune_seconds)
+    stats = bench.probe.stats(start, time.perf_counter())
+    stats["call_ms"] = 1000 * (time.perf_counter() - start)
+    finished = took != float("inf")
+    bench.rows.append(("Fine-tune: short run", stats, f"{bench.args.finetune_steps} steps, batch 2, crop 256, "
+                       + (f"whole run {took:.0f} s" if finished else f"first {bench.args.finetune_seconds:.0f} s")))
+    print(f"Fine-tune run: longest stall {stats['longest_ms']:.0f} ms, >100 ms late: {stats['late100']} "
+          f"of {stats['ticks']} ticks", flush=True)
+    if not finished:
         widget.cancel_button.click()
-        ready = wait_until(lambda: widget.run_button.isEnabled(), timeout_s=120)
-        stats = bench.probe.stats(click_at, time.perf_counter())
-        stats["call_ms"] = 1000 * ready
-        bench.rows.append(("Cancel in Fine-tune: click -> Run enabled", stats, f"{1000 * ready:.0f} ms to ready"))
-        print(f"Fine-tune cancel: {1000 * ready:.0f} ms to ready", flush=True)
-    else:
-        stats = bench.probe.stats(start, time.perf_counter())
-        stats["call_ms"] = 1000 * took
-        bench.rows.append(("Fine-tune: whole run", stats, f"{took:.0f} s"))
+        wait_until(lambda: not running(), timeout_s=300)
+    wait(3000)
+    # a second run, cancelled once it trains
+    widget.new_name.setText("bench-ft-cancelled")
+    widget.run_button.click()
+    wait_until(lambda: "step" in widget.status.text().lower(), timeout_s=300)
+    wait(2000)
+    click_at = time.perf_counter()
+    widget.cancel_button.click()
+    ready = wait_until(lambda: widget.run_button.isEnabled(), timeout_s=120)
+    stats = bench.probe.stats(click_at, time.perf_counter())
+    stats["call_ms"] = 1000 * ready
+    bench.rows.append(("Cancel in Fine-tune: click -> Run enabled", stats, f"{1000 * ready:.0f} ms to ready"))
+    print(f"Fine-tune cancel: {1000 * ready:.0f} ms to ready", flush=True)
+    stopped = wait_until(lambda: not running(), timeout_s=120)
+    print(f"Fine-tune cancel: thread stopped {stopped:.1f} s after ready", flush=True)
     wait(2000)
 
 
@@ -440,11 +483,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=3000)
     parser.add_argument("--model", default="cellzoo-he")
     parser.add_argument("--skip-finetune", action="store_true")
+    parser.add_argument("--skip-correct", action="store_true")
+    parser.add_argument("--skip-cancel", action="store_true", help="skip the Segment cancel scenario")
     parser.add_argument("--ground-truth", action="store_true",
                         help="use the mosaic's ground-truth labels instead of segmenting (quick check)")
-    parser.add_argument("--finetune-seconds", type=float, default=60.0)
+    parser.add_argument("--finetune-seconds", type=float, default=120.0,
+                        help="stop measuring the Fine-tune run after this long (it is cancelled)")
+    parser.add_argument("--finetune-steps", type=int, default=20)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "gui_latency.md")
     args = parser.parse_args(argv)
+    import tempfile
+
+    # fine-tuned models of the benchmark never land in the user's model folder
+    os.environ["CELLZOO_MODELS"] = tempfile.mkdtemp(prefix="cellzoo-bench-models-")
 
     image, tiles = mosaic(args.size)
     bench = Bench(args)
@@ -453,8 +504,10 @@ def main(argv: list[str] | None = None) -> int:
         bench.ground_truth(image, mosaic_labels(args.size))
     else:
         bench.segment(image)
-    bench.correct()
-    bench.segment_cancel()
+    if not args.skip_correct:
+        bench.correct()
+    if not args.skip_cancel:
+        bench.segment_cancel()
     if not args.skip_finetune:
         bench.finetune()
     table = bench.table()

@@ -173,12 +173,15 @@ class InstanceIndex:
         live = self._area > 0
         ids, area, cls = self._ids[live], self._area[live], self._classes[live]
         scores = scores or {}
+        top = int(cls.max()) + 1 if cls.size else 0
+        name_of = np.array([names[c] if c < len(names) else f"class {c}" for c in range(max(top, len(names)))],
+                           dtype=object)
+        get = scores.get
         return {
-            "label": ids.copy(), "class": cls.copy(),
-            "class_name": np.array([names[c] if c < len(names) else f"class {c}" for c in cls], dtype=object),
+            "label": ids.copy(), "class": cls.copy(), "class_name": name_of[cls],
             "area": area.copy(), "centroid_y": self._sum_rows[live] / np.maximum(area, 1),
             "centroid_x": self._sum_cols[live] / np.maximum(area, 1),
-            "score": np.array([scores.get(int(i), np.nan) for i in ids], dtype=float),
+            "score": np.fromiter((get(i, np.nan) for i in ids.tolist()), dtype=float, count=ids.size),
         }
 
     # ------------------------------------------------------------------ updating
