@@ -228,3 +228,25 @@ def test_stale_progress_never_overwrites_the_final_status(make_napari_viewer, qt
     qtbot.wait(300)  # queued events of the cancelled job arrive now
     assert status() == final == "Cancelled; no layers were changed."
     assert widget.jobs.progress_bar.value() == value and widget.jobs.progress_bar.format() == "cancelled"
+
+
+def test_a_damaged_user_model_is_listed_as_broken_with_the_reason(make_napari_viewer, models_dir):
+    """A truncated model file must not vanish from the model lists without a word."""
+    from qtpy.QtCore import Qt
+
+    from cellzoo._napari.finetune_widget import FinetuneWidget
+    from cellzoo._napari.segment_widget import SegmentWidget
+
+    good = (models_dir / "tiny.safetensors").read_bytes()
+    (models_dir / "half-saved.safetensors").write_bytes(good[:20])  # cut inside the header
+    viewer = make_napari_viewer()
+    segment, finetune = SegmentWidget(viewer), FinetuneWidget(viewer)
+    for combo in (segment.model_combo, finetune.base_model):
+        texts = [combo.itemText(i) for i in range(combo.count())]
+        assert "half-saved  [broken]" in texts, texts
+        index = texts.index("half-saved  [broken]")
+        reason = combo.itemData(index, Qt.ItemDataRole.ToolTipRole)
+        assert "half-saved cannot be used" in reason and "delete" in reason
+        assert not combo.model().item(index).isEnabled()  # cannot be picked
+        assert combo.currentData() is not None and combo.model().item(combo.currentIndex()).isEnabled()
+        assert any("tiny" in t and "broken" not in t for t in texts)

@@ -416,6 +416,45 @@ def start_job(
     return job
 
 
+# ----------------------------------------------------------------------------- model lists
+def unreadable_user_models(listed) -> dict[str, str]:
+    """User model files that the zoo leaves out of its list because they cannot be read (truncated,
+    damaged, no cellzoo metadata), each with the reason: widgets show them as broken instead of letting
+    a model the user saved vanish without a word."""
+    from cellzoo.zoo import user_model_dir
+    from cellzoo.zoo.weights import read_metadata
+
+    folder = user_model_dir()
+    if not folder.is_dir():
+        return {}
+    listed = set(listed)
+    out = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        if path.stem in listed:
+            continue
+        try:
+            read_metadata(path)
+            continue  # readable, left out for another reason (e.g. a zoo model of the same name)
+        except Exception as exc:  # noqa: BLE001 - any reason is shown to the user
+            reason = str(exc).strip() or type(exc).__name__
+        out[path.stem] = (f"{path.stem} cannot be used: {reason} Save or import it again "
+                          f"(`cellzoo zoo import ... --overwrite`), or delete {path}.")
+    return out
+
+
+def add_broken_models(combo, broken: dict[str, str]) -> None:
+    """Append unusable models to a model combo box: greyed out, the reason in their tooltip."""
+    from qtpy.QtCore import Qt
+
+    for name, reason in broken.items():
+        combo.addItem(f"{name}  [broken]", None)
+        index = combo.count() - 1
+        combo.setItemData(index, reason, Qt.ItemDataRole.ToolTipRole)
+        item = combo.model().item(index) if hasattr(combo.model(), "item") else None
+        if item is not None:
+            item.setEnabled(False)
+
+
 # ----------------------------------------------------------------------------- field validation
 INVALID_STYLE = "border: 1px solid #e0433b;"
 

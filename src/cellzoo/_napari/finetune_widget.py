@@ -32,7 +32,8 @@ from qtpy.QtCore import Qt
 
 from cellzoo._napari._plots import TrainingPlot
 from cellzoo._napari._job_panel import JobPanel
-from cellzoo._napari._worker import Job, gui_friendly_torch_threads, mark_field, notify_error, notify_info
+from cellzoo._napari._worker import (Job, add_broken_models, gui_friendly_torch_threads, mark_field, notify_error,
+                                     notify_info, unreadable_user_models)
 from cellzoo.types import Cancelled, Message, Progress, TrainStep, Validation
 
 #: families the trainer can fine-tune (dense heads); detection families are trained elsewhere
@@ -348,17 +349,19 @@ class FinetuneWidget(QWidget):
 
         current = self.base_model.currentData()
         try:
-            infos = [info for info in list_models()
+            listed = list_models()
+            infos = [info for info in listed
                      if info.family in TRAINABLE_FAMILIES and info.status in USABLE_STATUSES]
         except (ValueError, OSError) as exc:
-            infos = []
+            listed, infos = [], []
             self.status.setText(f"The model list could not be read: {exc}")
         self._infos = {info.name: info for info in infos}
         self.base_model.blockSignals(True)
         self.base_model.clear()
         for info in infos:
             self.base_model.addItem(f"{info.name}  [{info.status}]", info.name)
-        index = self.base_model.findData(current)
+        add_broken_models(self.base_model, unreadable_user_models(info.name for info in listed))
+        index = self.base_model.findData(current) if current is not None else -1  # None: a broken entry
         self.base_model.setCurrentIndex(index if index >= 0 else 0)
         self.base_model.blockSignals(False)
         self._base_changed()

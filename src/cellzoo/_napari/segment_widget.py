@@ -25,7 +25,7 @@ from cellzoo.types import Message, Progress
 from ._layers import class_colors_for, legend_widget, show_segmentation
 from ._scroll import scroll_layout
 from ._job_panel import JobPanel
-from ._worker import mark_field
+from ._worker import add_broken_models, mark_field, unreadable_user_models
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: shown text -> value passed to the engine's ``scale`` (None: the model's own default)
@@ -234,10 +234,11 @@ class SegmentWidget(QWidget):
         self._infos = {info.name: info for info in infos}
         for info in infos:
             self.model_combo.addItem(f"{info.name}  [{STATUS_TEXT.get(info.status, info.status)}]", info.name)
+        add_broken_models(self.model_combo, unreadable_user_models(self._infos))
         default = current
         if default is None:
             default = _zoo().default_model_name()
-        index = self.model_combo.findData(default)
+        index = self.model_combo.findData(default) if default is not None else -1  # None: a broken entry
         self.model_combo.setCurrentIndex(max(index, 0))
         self.model_combo.blockSignals(False)
 
