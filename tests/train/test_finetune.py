@@ -102,7 +102,7 @@ def test_guard_a_run_that_gets_worse_keeps_the_base(monuseg, tmp_path):
 
 def test_recipe_steps_scale_with_the_data_and_bad_options_are_refused():
     small, large = FinetuneRecipe.for_data(256 * 256), FinetuneRecipe.for_data(8 * 1000 * 1000)
-    assert small.steps < large.steps and small.steps >= 60 and large.steps <= 400
+    assert small.steps < large.steps and small.steps >= 200 and large.steps <= 600
     assert FinetuneRecipe.for_data(10**6, lr=1e-5).lr == 1e-5
     with pytest.raises(ValueError, match="bn must be"):
         FinetuneRecipe(bn="whatever")

@@ -219,7 +219,7 @@ def run_finetune(args) -> int:
         prepared.val = prepared.val[: args.max_val_images]
     recipe = FinetuneRecipe.for_data(prepared.train, **options)
     pseudo = _load_images(args.pseudo_data) if args.pseudo_data else None
-    bar = None
+    bar, last_step = None, 0
     gen = finetune_iter(model, prepared, recipe, device=args.device or "auto", out_dir=args.out,
                         pseudo_images=pseudo, base_name=args.base)
     try:
@@ -230,6 +230,7 @@ def run_finetune(args) -> int:
                 result = stop.value
                 break
             if isinstance(event, TrainStep):
+                last_step = event.step
                 if bar is None:
                     bar = tqdm(total=event.steps_per_epoch, desc="fine-tune", unit="step", file=sys.stderr,
                                disable=None)
@@ -240,7 +241,7 @@ def run_finetune(args) -> int:
                 if event.epoch == 0:
                     print(f"base {args.base} on the held-out data: {shown}")
                 else:
-                    print(f"step {getattr(bar, 'n', 0)}: {shown}" + (" (best)" if event.best else ""))
+                    print(f"step {last_step}: {shown}" + (" (best)" if event.best else ""))
             elif isinstance(event, Message) and not event.text.startswith(("base on the held-out",
                                                                              "did not beat", "improved on")):
                 print(event.text, file=sys.stderr)
