@@ -250,3 +250,55 @@ def test_a_damaged_user_model_is_listed_as_broken_with_the_reason(make_napari_vi
         assert not combo.model().item(index).isEnabled()  # cannot be picked
         assert combo.currentData() is not None and combo.model().item(combo.currentIndex()).isEnabled()
         assert any("tiny" in t and "broken" not in t for t in texts)
+
+
+def test_finetune_cancel_is_ready_within_a_second_and_the_thread_still_ends_cleanly(
+        make_napari_viewer, qtbot, monkeypatch, models_dir, shared_data):
+    """Steps of a real training take longer than the cancel grace here (256-px tiles, batch 4): the
+    widget is ready at once, the abandoned thread stops after its step and leaves no model."""
+    import tempfile
+    from pathlib import Path
+
+    monkeypatch.setenv("CELLZOO_SYNC_WORKERS", "0")
+    scratch = Path(tempfile.mkdtemp())
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    viewer = make_napari_viewer()
+    widget, _, status, _ = finetune_setup(viewer, shared_data)
+    widget.steps.setValue(200)
+    widget.crop.setValue(256)
+    widget.batch_size.setValue(4)
+    job = widget.run()
+    qtbot.waitUntil(lambda: widget.jobs.progress_bar.format().startswith("step"), timeout=300_000)
+    clicked = time.perf_counter()
+    widget.cancel_button.click()
+    qtbot.waitUntil(lambda: not job.running, timeout=5_000)
+    assert time.perf_counter() - clicked < 1.0
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+    assert job.state in ("cancelled", "done") and "Cancel" in status() + widget.jobs.progress_bar.format()
+    qtbot.waitUntil(lambda: job.thread_done, timeout=300_000)
+    assert [p.name for p in models_dir.iterdir()] == ["tiny.safetensors"]  # no evaluation finished: no model
+    assert not list(scratch.glob("cellzoo-finetune-*"))
+
+
+def test_segmenting_the_same_image_again_warns_nothing(make_napari_viewer, monkeypatch, models_dir, shared_data):
+    """The second result replaces the layers' data and clears their undo history without napari's
+    FutureWarning about private attributes (Labels._reset_history)."""
+    import warnings
+
+    monkeypatch.setenv("CELLZOO_SYNC_WORKERS", "1")
+    from napari.utils._proxies import PublicOnlyProxy
+
+    viewer = make_napari_viewer()
+    # napari hands plugin widgets this proxy: private attributes read through it warn
+    widget, _, status, succeeded = segment_setup(PublicOnlyProxy(viewer), shared_data)
+    widget.run_button.click()
+    assert succeeded(), status()
+    layer = viewer.layers["cells instances"]
+    layer.paint((5, 5), 99)  # an undo step that the new result makes meaningless
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        widget.run_button.click()
+    assert succeeded(), status()
+    before = np.asarray(layer.data).copy()
+    layer.undo()  # nothing to undo: the history was cleared
+    np.testing.assert_array_equal(np.asarray(layer.data), before)
