@@ -382,6 +382,7 @@ class Bench:
         viewer.window.add_dock_widget(self.correct_widget, name="Correct")
         wait(500)
         ready = prepare_instances(labels, ((labels % 4) + 1).astype(np.uint8) * (labels > 0))
+        wait(500)  # (prepared here on the main thread: not part of what is measured)
         self.measure("ground truth -> layers (+2 s after)", lambda: show_segmentation(
             viewer, self.image_layer, ready[0], ready[1], class_names=["background", "a", "b", "c", "d"],
             class_colors=None, index=ready[2]), settle_ms=2000)

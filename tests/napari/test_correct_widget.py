@@ -458,3 +458,15 @@ def test_dock_fits_a_1280x800_screen(make_napari_viewer, he_result):
     content = widget.scroll.widget()
     for btn in widget.buttons.values():
         assert content.isAncestorOf(btn)
+
+
+def test_result_index_is_used_and_data_replaced_by_a_script_is_reindexed(he_setup):
+    viewer, widget, inst, cls = he_setup
+    carried = inst.metadata["cellzoo"]["index"]
+    assert widget.index() is carried  # the Segment job's index, no pass over the pixels
+    shifted = np.roll(np.asarray(inst.data), 7, axis=1)
+    inst.data = shifted  # replaced behind the widget's back: the carried index no longer describes it
+    index = widget.index()
+    assert index is not carried
+    label = int(index.ids()[0])
+    assert (shifted[index.bbox(label)] == label).sum() == index.area_of(label) == (shifted == label).sum()

@@ -146,7 +146,7 @@ def show_segmentation(viewer, image_layer, labels: np.ndarray, classes: np.ndarr
             "classes_layer": f"{image_layer.name} classes", **(meta or {})}
     if index is not None and labels.ndim == 2 and tuple(index.shape) == labels.shape:
         features = index_frame(index, class_names, info["scores"])
-        info["index"] = index
+        info["index"], info["index_data_id"] = index, id(labels)  # valid while the layer holds this array
     else:
         features = features_frame(labels, classes, class_names, info["scores"])
 

@@ -373,14 +373,11 @@ class CorrectWidget(QWidget):
             return
         self._undo, self._redo = [], []
         self._indexes = {}
-        self._outlined = {}
         if self._selection_layer is not None and self._selection_layer.data.shape != self.layer.data.shape:
             self._remove_selection_layer()
             self._overlay_tries = 0
             QTimer.singleShot(1, self._ensure_selection_layer_soon)
-        elif self._selection_layer is not None:
-            self._selection_layer.data = np.zeros(self.layer.data.shape, np.uint8)
-        self.clear_selection()
+        self.clear_selection()  # erases the outlines box by box
         self._fill_class_combo()
 
     def _key_handler(self, slot: Callable) -> Callable:
@@ -430,7 +427,9 @@ class CorrectWidget(QWidget):
         if index is None:
             shape = tuple(self.layer.data.shape[-2:])
             carried = self.info.get("index") if not plane else None
-            if isinstance(carried, InstanceIndex) and tuple(carried.shape) == shape:
+            # only the index made for this very array (a script may have replaced the data since)
+            if (isinstance(carried, InstanceIndex) and tuple(carried.shape) == shape
+                    and self.info.get("index_data_id") == id(self.layer.data)):
                 index = carried
             else:
                 index = self._build_index(plane)
@@ -442,7 +441,7 @@ class CorrectWidget(QWidget):
                                     default_class=self.current_class())
         self._indexes[plane] = index
         if not plane:
-            self.info["index"] = index
+            self.info["index"], self.info["index_data_id"] = index, id(self.layer.data)
         return index
 
     @staticmethod
@@ -667,8 +666,10 @@ class CorrectWidget(QWidget):
         target.append(edit)
         touched = self._reindex(edit.plane, edit.changes, undoing=undoing) if edit.plane in self._indexes else set()
         self.info["scores"] = dict(edit.scores_before if undoing else edit.scores_after)
-        if edit.plane == self.plane() or not self.plane():
+        if edit.plane == self.plane():
             self._after_edit(edit.plane, touched)
+        else:  # an edit of another plane of a stack: its table rows follow, the outlines are of this plane
+            set_plane_rows(self.layer, edit.plane, self.index(edit.plane))
         self.status_label.setText(("Undone" if undoing else "Redone") + (f": {edit.what}." if edit.what else "."))
 
     # ------------------------------------------------------------------ mouse
