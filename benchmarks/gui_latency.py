@@ -305,6 +305,12 @@ class Bench:
             values = set(np.unique(np.asarray(inst.data[big])).tolist()) - {0, label}
             return min(values) if values else next(pool)
 
+        camera = viewer.camera
+        for k in range(3):  # napari's and Qt's share of each row below: a redraw, a status line change
+            self.measure("reference: canvas redraw with the result shown",
+                         lambda: setattr(camera, "zoom", camera.zoom * (1.01 if k % 2 else 1 / 1.01)))
+            self.measure("reference: Correct status text changed",
+                         lambda: widget.status_label.setText(f"reference {k}"))
         for k in range(3):
             a = next(pool)
             b = neighbour_of(a)

@@ -191,6 +191,8 @@ class EvaluateWidget(QWidget):
         if kind not in ("Labels", "Image"):
             return None
         info = layer.metadata.get("cellzoo") or {}
+        if info.get("role") == "selection":
+            return None  # the Correct widget's selection outline
         if kind == "Labels" and info.get("instances_layer"):
             return "classes"  # the Segment widget's / reader's class layer
         if kind == "Labels" and info.get("classes_layer"):
