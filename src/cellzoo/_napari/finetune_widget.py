@@ -494,16 +494,22 @@ class FinetuneWidget(QWidget):
         self.suggest_button.setEnabled(False)
         self.suggest_status.setText(f"Ranking {patch}² patches of {name} with {model_name or 'colour features'}…")
 
+        returned: list = []  # a progress event delivered after the result must not overwrite its summary
+
         def progress(event: Any) -> None:
-            if isinstance(event, Progress) and event.total:
+            if isinstance(event, Progress) and event.total and not returned:
                 self.suggest_status.setText(f"Ranking patches: {event.done}/{event.total} {event.message}")
+
+        def show(patches: list) -> None:
+            returned.append(True)
+            self._show_suggestions(layer, patches)
 
         def finished(_job: Job) -> None:
             self.refresh_suggest_images()
 
         self.suggest_job = start_job(lambda cancel: suggest_job(image, model_name, n, patch, device, cancel),
                                      description="Suggesting patches", on_event=progress,
-                                     on_returned=lambda patches: self._show_suggestions(layer, patches),
+                                     on_returned=show,
                                      on_finished=finished)
         return self.suggest_job
 
