@@ -712,6 +712,12 @@ class CorrectWidget(QWidget):
             QTimer.singleShot(50, self._ensure_selection_layer_soon)
             return
         QTimer.singleShot(1, self._ensure_selection_layer)
+        # the split seeds' Points layer too, a turn later (its first Alt+click stalled ~1 s otherwise)
+        QTimer.singleShot(20, self._ensure_seeds_layer)
+
+    def _ensure_seeds_layer(self) -> None:
+        if self.layer is not None:
+            self.seeds_layer()
 
     def _ensure_selection_layer(self):
         """The overlay that outlines the selected instances: one uint8 layer, drawn object by object."""
