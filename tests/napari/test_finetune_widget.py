@@ -128,6 +128,21 @@ def test_not_improved_run_is_not_selected_then_kept_or_discarded(make_napari_vie
     assert [layer.name for layer in viewer.layers] == layers_before
     assert not list(Path(tempfile.tempdir).glob("cellzoo-finetune-*"))
 
+    # the screenshot of the README shows the guard's verdict (docs/screenshots only with CELLZOO_SCREENSHOTS)
+    viewer.window._qt_window.resize(1400, 1150)
+    viewer.window._dock_widgets["Fine-tune"].raise_()  # Segment shares its tab area
+    qtbot.wait(200)
+    image = widget.grab().toImage()
+    pixels = np.array([[image.pixelColor(x, y).value() for x in range(0, image.width(), 4)]
+                       for y in range(0, image.height(), 4)])
+    assert pixels.std() > 10 and len(np.unique(pixels)) > 20  # drawn: text, lists, curve
+    from cellzoo.data.io import write_image
+
+    screenshot = _screenshot_path(tmp_path)
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    write_image(screenshot, viewer.screenshot(canvas_only=False, flash=False))
+    assert screenshot.stat().st_size > 10_000
+
     widget.keep_anyway()
     assert not widget.decision.isVisibleTo(widget) and "Kept" in widget.status.text()
     assert outcome.saved_path.is_file()

@@ -449,15 +449,21 @@ class FinetuneWidget(QWidget):
         self.suggest_status.setWordWrap(True)
         self.suggest_job: Job | None = None
         self.suggestions: list = []
-        row = QHBoxLayout()
-        row.addWidget(self.suggest_image, 1)
-        row.addWidget(QLabel("N"))
-        row.addWidget(self.suggest_n)
-        row.addWidget(QLabel("px"))
-        row.addWidget(self.suggest_patch)
-        row.addWidget(self.suggest_button)
+        # two short rows: one wide row would widen the whole (scrolling, narrow) dock
+        self.suggest_image.setMinimumContentsLength(8)
+        self.suggest_image.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        first = QHBoxLayout()
+        first.addWidget(QLabel("Image"))
+        first.addWidget(self.suggest_image, 1)
+        second = QHBoxLayout()
+        second.addWidget(QLabel("N"))
+        second.addWidget(self.suggest_n)
+        second.addWidget(QLabel("patch"))
+        second.addWidget(self.suggest_patch)
+        second.addWidget(self.suggest_button, 1)
         column = QVBoxLayout(box)
-        column.addLayout(row)
+        column.addLayout(first)
+        column.addLayout(second)
         column.addWidget(self.suggest_status)
         self.suggest_button.clicked.connect(self.suggest)
         self.refresh_suggest_images()
@@ -646,7 +652,7 @@ class FinetuneWidget(QWidget):
         if n == 0:
             self.data_note.setText("")
         elif n < 4:
-            which = "one image" if n == 1 else f"{n} images"
+            which = "one image" if n == 1 else f"{n} images (before duplicates are removed)"
             self.data_note.setText(f"With {which}, a region is held out: the last 25 % (right or bottom stripe) of "
                                    "each image scores the model before and after; the rest trains.")
         else:
