@@ -269,3 +269,26 @@ def test_a_new_job_while_the_cancelled_thread_winds_down_gets_only_its_own_event
     qtbot.waitUntil(lambda: first.thread_done, timeout=10_000)
     assert second.state == "done" and second_results[0]["sum"] == 3
     assert first_results == [] and len(first_events) == 1 and first.state == "cancelled"
+
+
+def test_an_event_whose_progress_refresh_delivers_the_outcome_is_dropped(qtbot, monkeypatch, notifications):
+    """napari's progress bar processes Qt events while it refreshes, so the result can be handled inside
+    the handling of an earlier event; that event must not overwrite what the result showed."""
+    from qtpy.QtWidgets import QApplication
+
+    monkeypatch.setenv("CELLZOO_SYNC_WORKERS", "0")
+    original = _worker.Job._progress
+
+    def refresh_processing_events(self, event):
+        original(self, event)
+        time.sleep(0.2)  # the thread has returned meanwhile: its signals are queued
+        QApplication.processEvents()
+
+    monkeypatch.setattr(_worker.Job, "_progress", refresh_processing_events)
+    shown = []
+    job = start_job(counting_job(1, []), description="Counting",
+                    on_event=lambda e: shown.append("progress"), on_returned=lambda r: shown.append("result"),
+                    show_progress=False)
+    qtbot.waitUntil(lambda: not job.running, timeout=10_000)
+    qtbot.wait(50)
+    assert shown == ["result"] and job.state == "done"

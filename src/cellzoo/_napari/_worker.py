@@ -315,6 +315,10 @@ def start_job(
             return
         if isinstance(event, Progress):
             job._progress(event)
+            # napari's bar processes Qt events while it refreshes: the outcome may have been handled
+            # inside that call, and then this event is stale
+            if job._finished or job.state != "running":
+                return
         if on_event is not None:
             try:
                 on_event(event)
