@@ -133,10 +133,6 @@ def _output_names(stem: str, typed: bool, geojson: bool) -> list[str]:
     return names
 
 
-def _is_stack(image: np.ndarray, channel: int | None) -> bool:
-    return image.ndim == 4 or (image.ndim == 3 and channel is None and image.shape[2] not in (1, 3, 4))
-
-
 def _write_stack(path: Path, array: np.ndarray) -> None:
     import tifffile
 
@@ -175,16 +171,21 @@ def run(args) -> int:
     planned = _plan_outputs(paths, args.out, typed, args.geojson, args.overwrite)
     print(f"model {model_name} ({model.family}, {len(paths)} image(s))", file=sys.stderr)
     skipped = []
+    from ..infer.prepare import arrange_image
+
     for path, out_dir, stem in planned:
-        image = read_image(path)
+        # planes vs channels by one stated rule (an H×W×2 image is 2 channels, not 128 planes)
+        image, is_stack, options["channel"], layout_note = arrange_image(read_image(path), args.channel, path.name)
+        if layout_note:
+            print(f"{path.name}: {layout_note}", file=sys.stderr)
         # 1×1, all-zero, all-NaN or constant images would give 0 objects without a word
-        problem = None if _is_stack(image, args.channel) else image_problem(image, args.channel)
+        problem = None if is_stack else image_problem(image, options["channel"])
         if problem:
             print(f"{path.name}: skipped: {problem}", file=sys.stderr)
             skipped.append(path.name)
             continue
         out_dir.mkdir(parents=True, exist_ok=True)
-        if _is_stack(image, args.channel):
+        if is_stack:
             results = run_to_end(segment_stack_iter(model, image, **options))
             labels = np.stack([r.labels for r in results])
             _write_stack(out_dir / f"{stem}_instances.tif",

@@ -91,3 +91,51 @@ def _finite(data: np.ndarray) -> np.ndarray:
     if not np.isfinite(data).all():
         data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
     return data
+
+
+#: a last axis this short is colour/channels (gray+alpha, RGB, RGBA, a few stains); longer ones are planes
+MAX_CHANNELS_LAST = 4
+
+
+def arrange_image(image, channel: int | None = None, name: str = "image"
+                  ) -> tuple[np.ndarray, bool, int | None, str | None]:
+    """Decide planes vs channels for an image as read from a file, by one rule that is said out loud.
+
+    Returns ``(array, is_stack, channel, note)``: ``array`` is one H×W[×C] image (``is_stack`` False) or a
+    stack of planes (Z×H×W[×C]); ``channel`` is what is left for :func:`prepare_image` to pick per image;
+    ``note`` says what was decided when it was not obvious (None otherwise).
+
+    * H×W: one gray image. H×W×C with C ≤ 4: one image with C channels (an H×W×2 image is 2 channels,
+      never 128 planes of 128×2; without ``channel`` :func:`prepare_image` asks which one).
+    * Z×H×W with a last axis > 4: Z gray planes, each segmented on its own. With ``channel=k`` and Z ≤ 4
+      the first axis is read as channels (C×H×W, e.g. a 2-channel TIFF) and plane k is used; with more
+      planes ``channel`` is refused (a gray stack has no channel axis).
+    * Z×H×W×C (C ≤ 4): Z planes of C channels; ``channel`` picks one in every plane.
+    """
+    array = np.asarray(image) if not hasattr(image, "shape") else image
+    shape = tuple(array.shape)
+    if len(shape) == 2:
+        if channel not in (None, 0, -1):
+            raise ValueError(f"{name}: --channel {channel} was given but the image is single-channel {shape}")
+        return array, False, None, None
+    if len(shape) == 3:
+        if shape[2] <= MAX_CHANNELS_LAST:
+            return array, False, channel, None
+        if channel is None:
+            return array, True, None, (f"read as {shape[0]} gray planes of {shape[1]}×{shape[2]} (Z×H×W: the last "
+                                       f"axis is longer than {MAX_CHANNELS_LAST}); each is segmented on its own")
+        if shape[0] <= MAX_CHANNELS_LAST:
+            if not -shape[0] <= channel < shape[0]:
+                raise ValueError(f"{name}: channel {channel} does not exist: the image has {shape[0]} channels "
+                                 f"on its first axis (C×H×W {shape}), 0..{shape[0] - 1}")
+            return np.asarray(array[channel]), False, None, (
+                f"read as {shape[0]} channels of {shape[1]}×{shape[2]} (C×H×W); used channel {channel}")
+        raise ValueError(f"{name}: --channel {channel} was given but {shape} is a stack of {shape[0]} gray planes "
+                         f"(Z×H×W) without a channel axis; leave out --channel to segment every plane")
+    if len(shape) == 4:
+        if shape[3] <= MAX_CHANNELS_LAST:
+            return array, True, channel, f"read as {shape[0]} planes of {shape[1]}×{shape[2]}×{shape[3]} (Z×H×W×C)"
+        raise ValueError(f"{name}: cannot tell planes from channels in shape {shape}; save it as Z×H×W×C "
+                         f"with at most {MAX_CHANNELS_LAST} channels last, or one plane per file")
+    raise ValueError(f"{name}: a {len(shape)}-D image {shape} is not supported; give H×W, H×W×C, Z×H×W or "
+                     f"Z×H×W×C")
