@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.base import CellModel
-from ..types import Instances, Progress, check_cancel, run_to_end
+from ..types import Instances, Message, Progress, check_cancel, run_to_end
 from .device import amp_dtype, autocast, select_device
 from .prepare import prepare_image
 from .tiling import TilePlan, plan_tiles, reflect_pad, round_up
@@ -30,6 +30,10 @@ PRECISION_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32", 
 
 #: rough activation memory (bytes per input pixel, fp32) when a model does not declare its own
 DEFAULT_BYTES_PER_PIXEL = 6 * 1024
+
+#: what a device allocation failure raises (torch.OutOfMemoryError from torch 2.5, torch.cuda's alias before);
+#: the engine then halves the tile and retries, down to the model's min_tile (``Instances.meta["oom_fallback"]``)
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
 def resolve_model(model_or_name: CellModel | str | os.PathLike, device: str | torch.device = "cpu") -> CellModel:
@@ -81,8 +85,22 @@ def merge_params(model: CellModel, params: dict[str, Any] | None) -> dict[str, A
         if merged and key not in merged and key not in ("score_threshold", "mask_threshold"):
             raise ValueError(f"unknown post-processing parameter {key!r} for {model.family or type(model).__name__}; "
                              f"valid: {', '.join(sorted(merged))}")
-        merged[key] = value
+        merged[key] = checked_param(key, value, merged.get(key))
     return merged
+
+
+def checked_param(key: str, value: Any, default: Any) -> Any:
+    """A post-processing value checked against its default's kind: where the default is a number the value
+    must be a finite number (NaN would silently give 0 objects, text such as 'abc' a TypeError deep in
+    the post-processing), ≥ 0 for sizes, areas and distances."""
+    from ..data.validate import finite_number
+
+    numeric_default = isinstance(default, (int, float)) and not isinstance(default, bool)
+    if not numeric_default and not (isinstance(value, float) and not math.isfinite(value)):
+        return value
+    minimum = 0 if key.endswith(("_size", "_distance", "_area")) else None
+    number = finite_number(value, f"post-processing parameter {key}", minimum=minimum)
+    return int(number) if isinstance(value, int) and not isinstance(value, bool) else number
 
 
 def auto_tile_size(model: CellModel, device: torch.device, batch_size: int = 1,
@@ -198,6 +216,8 @@ def segment_iter(model: CellModel | str, image, *, tile: int | None = None, batc
     CUDA; a model with ``cpu_bf16_ok = False`` stays fp32 on CPU unless ``amp="bf16"``. ``meta`` of the
     result holds device, seconds (total, network, post-processing), tiles, amp, scale; with ``keep_maps``
     (dense models) also ``maps``, the stitched activated maps (C×H×W float32 each, at the scale used).
+    When the device runs out of memory the tile is halved and the pass retried (down to the model's
+    ``min_tile``; a ``Message`` says so) and ``meta["oom_fallback"]`` records the tile sizes that failed.
 
     ``scale``: segment the image resized by this factor (> 1 when the objects are smaller than those the
     model was trained on) and return labels at the image's own size. ``"auto"``: a first pass at scale 1
@@ -285,6 +305,10 @@ def scale_for_object_area(labels: np.ndarray, object_area: float, scale_range=(0
     """The resize factor that brings the median object area of ``labels`` to ``object_area``, clipped to
     ``scale_range``; None when there are fewer than ``min_objects`` objects or the factor is within 15 % of
     1. Shared by inference (scale "auto"), its tuning and training at that size, so all three agree."""
+    from ..data.validate import finite_number
+
+    object_area = finite_number(object_area, "the model's object_area (median nucleus area in pixels)", minimum=0,
+                                exclusive_minimum=True)
     areas = np.bincount(labels.ravel())[1:]
     areas = areas[areas > 0]
     if areas.size < max(1, min_objects):
@@ -333,30 +357,50 @@ def _segment_prepared(model: CellModel, prepared: np.ndarray, *, tile, batch_siz
         model.to(memory_format=torch.channels_last)
     height, width = prepared.shape[:2]
     tile_size = tile or auto_tile_size(model, torch_device, batch_size, (height, width))
-    plan = plan_tiles(height, width, tile_size, model.halo, model.size_divisor, model.min_tile)
-    padded = reflect_pad(prepared, plan.pad_width())
-    tensor = model.preprocess(padded)
-    if not isinstance(tensor, torch.Tensor):
-        tensor = torch.as_tensor(np.asarray(tensor))
-    meta = {"device": device_name, "tiles": len(plan), "tile": list(plan.tile_shape), "tta": bool(tta),
-            "amp": str(dtype).replace("torch.", "") if dtype is not None else "fp32",
-            "precision": PRECISION_NAMES.get(dtype, "fp32"),
-            "shape": [int(height), int(width)]}
-    yield Progress("tiles", 0, len(plan))
+    failed_tiles: list[int] = []  # tile edges that ran out of device memory, in order
+    while True:
+        plan = plan_tiles(height, width, tile_size, model.halo, model.size_divisor, model.min_tile)
+        padded = reflect_pad(prepared, plan.pad_width())
+        tensor = model.preprocess(padded)
+        if not isinstance(tensor, torch.Tensor):
+            tensor = torch.as_tensor(np.asarray(tensor))
+        meta = {"device": device_name, "tiles": len(plan), "tile": list(plan.tile_shape), "tta": bool(tta),
+                "amp": str(dtype).replace("torch.", "") if dtype is not None else "fp32",
+                "precision": PRECISION_NAMES.get(dtype, "fp32"),
+                "shape": [int(height), int(width)]}
+        yield Progress("tiles", 0, len(plan))
+        try:
+            if model.kind == "detection":
+                from .detection import segment_detection_iter  # owned by the detection families
 
+                instances = yield from segment_detection_iter(model, tensor, plan, batch_size=batch_size,
+                                                              device=torch_device, dtype=dtype,
+                                                              channels_last=channels_last, params=params,
+                                                              cancel=cancel, tta=tta)
+            else:
+                maps = yield from _dense_maps(model, tensor, plan, batch_size, torch_device, dtype, channels_last,
+                                              tta, cancel)
+            break
+        except OUT_OF_MEMORY:
+            used = max(plan.tile_shape)
+            if used <= model.min_tile:
+                raise
+            failed_tiles.append(used)
+        # outside the except block, so the traceback's frames (and their tensors) are already released
+        del tensor, padded
+        release_device_memory(torch_device)
+        tile_size = max(model.min_tile, used // 2)
+        yield Message(f"out of {torch_device.type} memory with {used}-px tiles; retrying with {tile_size}-px tiles",
+                      "warning")
+    if failed_tiles:
+        meta["oom_fallback"] = {"failed_tiles": failed_tiles, "tile": max(plan.tile_shape),
+                                "note": f"ran out of {torch_device.type} memory with tiles of "
+                                        f"{', '.join(map(str, failed_tiles))} px; finished with "
+                                        f"{max(plan.tile_shape)} px"}
+    network_seconds = time.perf_counter() - started
     if model.kind == "detection":
-        from .detection import segment_detection_iter  # owned by the detection families
-
-        instances = yield from segment_detection_iter(model, tensor, plan, batch_size=batch_size,
-                                                      device=torch_device, dtype=dtype,
-                                                      channels_last=channels_last, params=params, cancel=cancel,
-                                                      tta=tta)
-        network_seconds = time.perf_counter() - started
         post_seconds = 0.0
     else:
-        maps = yield from _dense_maps(model, tensor, plan, batch_size, torch_device, dtype, channels_last,
-                                      tta, cancel)
-        network_seconds = time.perf_counter() - started
         check_cancel(cancel)
         post_started = time.perf_counter()
         instances = model.postprocess(maps, **params)
@@ -371,6 +415,17 @@ def _segment_prepared(model: CellModel, prepared: np.ndarray, *, tile, batch_siz
                 postprocess_seconds=post_seconds)
     instances.meta.update(meta)
     return instances
+
+
+def release_device_memory(device: torch.device) -> None:
+    """Give cached blocks back after an out-of-memory error, so that smaller tiles can be allocated."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()
 
 
 def _batches(plan: TilePlan, batch_size: int):
