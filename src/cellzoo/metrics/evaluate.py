@@ -124,13 +124,14 @@ def _label_files(path: Path, want_classes: bool, role: str) -> dict[str, Path]:
     return out
 
 
-def pair_files(gt: str | os.PathLike, pred: str | os.PathLike, gt_classes=None, pred_classes=None
-               ) -> tuple[list[EvalPair], list[str]]:
+def pair_files(gt: str | os.PathLike, pred: str | os.PathLike, gt_classes=None, pred_classes=None,
+               *, only_paired: bool = False) -> tuple[list[EvalPair], list[str]]:
     """Pair GT and prediction files (or folders) by stem.
 
     A trailing ``_instances`` / ``_classes`` on a file stem is ignored, so ``img1.png`` pairs
     with ``img1_instances.tif`` and ``img1_classes.tif``. Returns ``(pairs, notes)``: notes list
-    predictions without GT, which are skipped. A GT image without prediction is an error.
+    predictions without GT, which are skipped. A GT image without prediction is an error, unless
+    ``only_paired``: then the pairs present are scored and the missing ones listed in the notes.
     """
     if (gt_classes is None) != (pred_classes is None):
         raise ValueError("per-class metrics need both --gt-classes and --pred-classes (or neither)")
@@ -140,11 +141,19 @@ def pair_files(gt: str | os.PathLike, pred: str | os.PathLike, gt_classes=None, 
     if single:  # two explicit files pair whatever their names
         pred_files = {next(iter(gt_files)): next(iter(pred_files.values()))}
     missing = sorted(gt_files.keys() - pred_files.keys())
+    notes = []
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise ValueError(f"{len(missing)} ground-truth image(s) have no prediction in {pred}: {shown}; "
-                         "predictions pair with GT by file stem (a trailing _instances is ignored)")
-    notes = []
+        if not only_paired:
+            raise ValueError(f"{len(missing)} ground-truth image(s) have no prediction in {pred}: {shown}; "
+                             "predictions pair with GT by file stem (a trailing _instances is ignored). "
+                             "To score only the pairs present, pass --only-paired")
+        if len(missing) == len(gt_files):
+            raise ValueError(f"no ground-truth image has a prediction in {pred}; predictions pair with GT by file "
+                             "stem (a trailing _instances is ignored)")
+        notes.append(f"scored only the {len(gt_files) - len(missing)} image(s) with a prediction; "
+                     f"{len(missing)} ground-truth image(s) have none: {', '.join(missing)}")
+        gt_files = {stem: path for stem, path in gt_files.items() if stem in pred_files}
     extra = sorted(pred_files.keys() - gt_files.keys())
     if extra:
         notes.append(f"skipped {len(extra)} prediction(s) without ground truth: {', '.join(extra[:5])}")
@@ -169,7 +178,16 @@ def pair_files(gt: str | os.PathLike, pred: str | os.PathLike, gt_classes=None, 
 def _class_count(gt_classes, pred_classes, class_names) -> int:
     declared = len(class_names) - 1 if class_names else 0
     seen = max(int(np.max(gt_classes, initial=0)), int(np.max(pred_classes, initial=0)))
+    if class_names and seen > declared:
+        raise ValueError(f"the class maps hold class id {seen} but the class names name only ids 1..{declared} "
+                         f"({', '.join(class_names[1:])}); give a name for every class id, or check the maps")
     return max(declared, seen)
+
+
+#: COCO AP is left out (NaN, with a note) for images with more objects than this: pycocotools holds a
+#: GT × detection IoU matrix per image and one RLE per object (1e6 one-pixel objects took 2 GB and a minute
+#: before the matrix was even built)
+COCO_AP_MAX_OBJECTS = 20000
 
 
 def class_label(class_names: Sequence[str] | None, k: int) -> str:
@@ -186,8 +204,12 @@ def _image_row(name: str, gt: np.ndarray, pred: np.ndarray, gt_classes, pred_cla
     table = overlap_table(gt, pred)
     pq = panoptic_quality(table)
     det = detection_scores(table, thresholds=(0.5,))[0.5]
-    coco = coco_image(gt, pred, scores)
-    ap = coco_ap_images([coco], max_dets)
+    if max(len(table.gt_ids), len(table.pred_ids)) > COCO_AP_MAX_OBJECTS:
+        coco = None
+        ap = {"ap": math.nan, "ap50": math.nan, "ap75": math.nan}
+    else:
+        coco = coco_image(gt, pred, scores)
+        ap = coco_ap_images([coco], max_dets)
     row: dict[str, Any] = {"image": name, "aji": aji(table), "aji_plus": aji_plus(table), "dice": dice(table),
                            "dq": pq["dq"], "sq": pq["sq"], "pq": pq["pq"], "f1_50": det["f1"],
                            "dsb_ap50": det["dsb_ap"], **ap}
@@ -296,6 +318,7 @@ def evaluate_iter(pairs: Iterable[Any], *, class_names: Sequence[str] | None = N
     pq_counts: list[np.ndarray] = []
     f1_counts: list[np.ndarray] = []
     with_classes = None
+    notes: list[str] = []
     for index, item in enumerate(pairs):
         check_cancel(cancel)
         pair = _as_pair(item, index)
@@ -319,7 +342,11 @@ def evaluate_iter(pairs: Iterable[Any], *, class_names: Sequence[str] | None = N
         except ValueError as exc:
             raise ValueError(f"image {pair.name}: {exc}") from None
         rows.append(row)
-        cocos.append(coco)
+        if coco is None:
+            notes.append(f"image {pair.name}: COCO AP left out (more than {COCO_AP_MAX_OBJECTS:,} objects); "
+                         f"the other metrics are complete")
+        else:
+            cocos.append(coco)
         if pq_c is not None:
             pq_counts.append(pq_c)
             f1_counts.append(f1_c)
@@ -330,7 +357,7 @@ def evaluate_iter(pairs: Iterable[Any], *, class_names: Sequence[str] | None = N
     summary: dict[str, Any] = {"n_images": len(rows)}
     for key in MEAN_COLUMNS:
         summary[key] = _nanmean(r[key] for r in rows)
-    summary.update(coco_ap_images(cocos, max_dets))
+    summary.update(coco_ap_images(cocos, max_dets) if cocos else {"ap": math.nan, "ap50": math.nan, "ap75": math.nan})
     if pq_counts:
         width = max(c.shape[0] for c in pq_counts)
         pad = lambda c, w: np.vstack([c, np.zeros((w - c.shape[0], c.shape[1]))])  # noqa: E731
@@ -341,7 +368,7 @@ def evaluate_iter(pairs: Iterable[Any], *, class_names: Sequence[str] | None = N
             summary[f"pq_{class_label(names, k)}"] = float(per_class[k - 1])
         for k in range(1, width + 1):
             summary[f"f1_{class_label(names, k)}"] = float(f1[k - 1])
-    return EvaluationResult(rows, summary, names)
+    return EvaluationResult(rows, summary, names, notes)
 
 
 def _as_image_list(value: Any, role: str) -> list | None:
