@@ -125,6 +125,9 @@ def run(args) -> int:
         train_samples, val_samples = data.split(config.val_fraction, config.seed)
     else:
         train_samples, val_samples = data, []
+    import torch
+
+    torch.manual_seed(config.seed)  # the initial weights too: one --seed, one result (issue 18)
     model = build_training_model(args.family, args.base, _json_option(args.model_config, "--model-config"),
                                  list(data.class_names))
 

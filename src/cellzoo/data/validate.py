@@ -64,7 +64,7 @@ def regular_file(path: str | os.PathLike, what: str = "file") -> Path:
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
-        raise FileNotFoundError(f"{what} not found: {path}. Check the path (and the working directory).") from None
+        raise FileNotFoundError(f"{what} not found: {path} does not exist; check the path (and the working directory).") from None
     except NotADirectoryError:
         raise FileNotFoundError(f"{what} not found: {path} (a part of the path is a file, not a folder).") from None
     except OSError as exc:

@@ -66,7 +66,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         checks = [(self.epochs >= 1, "epochs must be >= 1"), (self.batch_size >= 1, "batch_size must be >= 1"),
-                  (self.lr > 0, "lr must be > 0"), (self.crop >= 16, "crop must be >= 16 px"),
+                  (math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+                   "weight_decay must be a finite number >= 0"),
+                  (math.isfinite(self.lr) and self.lr > 0, f"lr must be a finite number > 0, got {self.lr}"), (self.crop >= 16, "crop must be >= 16 px"),
                   (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
                   (self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps_per_epoch must be >= 1"),
                   (self.optimizer in ("adam", "adamw"), "optimizer must be 'adam' or 'adamw'"),
