@@ -94,7 +94,7 @@ class FinetuneRecipe:
     pseudo_share: float = 0.5
 
     def __post_init__(self) -> None:
-        checks = [(self.steps >= 1, "steps must be >= 1"), (self.lr is None or self.lr > 0, "lr must be > 0 (or None: from the base's score)"),
+        checks = [(self.steps >= 1, "steps must be >= 1"), (self.lr is None or (math.isfinite(self.lr) and self.lr > 0), "lr must be a finite number > 0 (or None: from the base's score)"),
                   (self.lr_new_domain > 0 and self.lr_near_domain > 0, "lr_new_domain / lr_near_domain must be > 0"),
                   (self.warmup_steps >= 0, "warmup_steps must be >= 0"), (self.batch_size >= 1, "batch_size must be >= 1"),
                   (self.crop >= 16, "crop must be >= 16 px"), (self.pull_to_base >= 0, "pull_to_base must be >= 0"),
