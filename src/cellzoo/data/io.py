@@ -57,7 +57,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         if suffix in TIFF_SUFFIXES:
             return _read_tiff(path)
         return _read_pillow(path, suffix)
-    except (OSError, ValueError, EOFError, SyntaxError, tifffile.TiffFileError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - decoders raise zlib.error, struct.error, SyntaxError, ...
         if isinstance(exc, ValueError) and str(exc).startswith(f"{path}:"):
             raise  # our own size check, already clear
         raise ValueError(f"could not read image {path}: {exc}. Is the file complete and really a "
