@@ -129,3 +129,15 @@ def test_geojson_rectangles():
     feature = suggestions_geojson([patch])["features"][0]
     assert feature["geometry"]["coordinates"][0] == [[20, 10], [276, 10], [276, 266], [20, 266], [20, 10]]
     assert feature["properties"]["name"] == "1"
+
+
+def test_threshold_variants_come_back_at_the_image_size_when_the_model_rescales():
+    """cellzoo-fluo segments at scale "auto" (here 0.5): its kept maps are at that scale, the threshold
+    variants are brought back to the image's size (they were not: 1 − PQ then failed on the shape)."""
+    from cellzoo.annotate.suggest import segmentation_variants
+    from cellzoo.data.samples import sample_image_path
+
+    image = read_image(sample_image_path())[:256, :320]
+    labels = run_to_end(segmentation_variants("cellzoo-fluo", image, variants=()))
+    assert len(labels) == 3 and {lab.shape for lab in labels} == {image.shape}
+    assert all(lab.max() > 0 for lab in labels)

@@ -302,8 +302,9 @@ def segmentation_variants(model, image, *, variants=DEFAULT_VARIANTS, thresholds
                           device="cpu", cancel=None) -> Generator[Progress, None, list[np.ndarray]]:
     """Label maps of ``image``: first the plain segmentation, then one per dihedral variant (mapped back)
     and per threshold offset (dense models: post-processing of the plain pass's maps)."""
-    from ..infer.engine import merge_params, segment_iter
+    from ..infer.engine import merge_params, resolve_model, segment_iter
 
+    model = resolve_model(model)
     dense = getattr(model, "kind", "dense") == "dense"
     threshold = _threshold_name(model) if dense and thresholds else None
     total = 1 + len(variants) + (len(thresholds) if threshold else 0)
@@ -323,7 +324,13 @@ def segmentation_variants(model, image, *, variants=DEFAULT_VARIANTS, thresholds
             check_cancel(cancel)
             value = float(min(max(base + offset, 0.05), 0.95))
             params = merge_params(model, {threshold: value})
-            labels.append(np.asarray(model.postprocess(maps, **params).labels))
+            shifted = np.asarray(model.postprocess(maps, **params).labels)
+            if shifted.shape != plain.labels.shape:  # the maps are at the scale the engine used (e.g. "auto")
+                from skimage.transform import resize
+
+                shifted = resize(shifted, plain.labels.shape, order=0, preserve_range=True,
+                                 anti_aliasing=False).astype(np.int32)
+            labels.append(shifted)
             yield Progress("variants", 2 + len(variants) + index, total, f"{threshold} {value:.2f}")
     return labels
 
