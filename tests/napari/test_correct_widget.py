@@ -55,9 +55,18 @@ def check_in_sync(inst, cls):
         assert row.area == (labels == row.label).sum()
 
 
-def check_outlines(overlay, labels, selected):
+def overlay_mask(overlay, inst):
+    """The selection overlay (a small layer over the selection's box) as an image-sized mask."""
+    full = np.zeros(inst.data.shape, bool)
+    offset = np.round((np.asarray(overlay.translate) - np.asarray(inst.translate)) / np.asarray(inst.scale)).astype(int)
+    data = np.asarray(overlay.data) > 0
+    full[tuple(slice(o, o + n) for o, n in zip(offset, data.shape))] = data
+    return full
+
+
+def check_outlines(overlay, inst, labels, selected):
     """The overlay outlines exactly the selected instances: on their border, nowhere else."""
-    drawn = np.asarray(overlay.data) > 0
+    drawn = overlay_mask(overlay, inst)
     inside = np.isin(labels, sorted(selected))
     assert not (drawn & ~inside).any()
     border = inside & ~ndimage.binary_erosion(inside)
@@ -90,7 +99,8 @@ def test_merge_selection_assign_class_undo_redo(setup):
     click(inst, deepest(labels0, b), ["Control"])
     assert widget.selection == {a, b}
     overlay = viewer.layers["patch instances selection"]  # the selection is outlined on screen
-    check_outlines(overlay, labels0, {a, b})
+    check_outlines(overlay, inst, labels0, {a, b})
+    assert overlay.data.size < labels0.size / 4  # a layer over the selection's box, not the image
     assert [layer.name for layer in widget._labels_layers()] == ["patch instances"]
     n_before = len(inst.features)
     press(inst, "Shift-M")
@@ -334,7 +344,7 @@ def test_every_tool_on_a_real_segmentation_keeps_layers_index_and_table_in_step(
     click(inst, deepest(labels0, a), ["Control"])  # select
     click(inst, deepest(labels0, b), ["Control"])
     assert widget.selection == {a, b}
-    check_outlines(viewer.layers["he instances selection"], labels0, {a, b})
+    check_outlines(viewer.layers["he instances selection"], inst, labels0, {a, b})
     press(inst, "Shift-M")  # merge
     done()
     widget.class_combo.setCurrentIndex(widget.class_combo.findData(2))
@@ -433,7 +443,8 @@ def test_edits_write_and_remember_only_the_touched_boxes(he_setup, monkeypatch, 
     other = sorted(index.ids().tolist(), key=index.area_of)[len(index) // 3]
     plane_box = widget.index().bbox(other)
     click(inst, deepest(np.asarray(inst.data), other), ["Control"])
-    drawn = np.nonzero(np.asarray(overlay.data))
+    drawn = np.nonzero(overlay_mask(overlay, inst))
+    assert overlay.data.size <= (plane_box[0].stop - plane_box[0].start + 2) * (plane_box[1].stop - plane_box[1].start + 2)
     assert drawn[0].size > 0
     assert plane_box[0].start <= drawn[0].min() and drawn[0].max() < plane_box[0].stop
     assert plane_box[1].start <= drawn[1].min() and drawn[1].max() < plane_box[1].stop

@@ -146,7 +146,6 @@ class CorrectWidget(QWidget):
         self._seeds_layer = None
         self._selection_layer = None
         self._indexes: dict[tuple[int, ...], InstanceIndex] = {}
-        self._outlined: dict[int, tuple[tuple[int, ...], tuple[slice, slice]]] = {}  # id -> plane, box drawn
         self._pending_paint: list[tuple[Any, list]] = []
 
         self.layer_combo = QComboBox()
@@ -373,7 +372,7 @@ class CorrectWidget(QWidget):
             return
         self._undo, self._redo = [], []
         self._indexes = {}
-        if self._selection_layer is not None and self._selection_layer.data.shape != self.layer.data.shape:
+        if self._selection_layer is not None and self._selection_layer.ndim != self.layer.ndim:
             self._remove_selection_layer()
             self._overlay_tries = 0
             QTimer.singleShot(1, self._ensure_selection_layer_soon)
@@ -720,15 +719,16 @@ class CorrectWidget(QWidget):
             self.seeds_layer()
 
     def _ensure_selection_layer(self):
-        """The overlay that outlines the selected instances: one uint8 layer, drawn object by object."""
+        """The overlay that outlines the selected instances: a small uint8 Labels layer covering only the
+        box around the selection (napari renders every layer over its whole extent, so an image-sized
+        overlay would slow down every redraw)."""
         if self.layer is None:
             return None
         overlay = self._selection_layer
         if overlay is None or overlay not in self.viewer.layers:
-            self._outlined = {}
             active = self.viewer.layers.selection.active
             overlay = self._selection_layer = self.viewer.add_labels(
-                np.zeros(self.layer.data.shape, np.uint8), name=f"{self.layer.name} selection", opacity=1.0,
+                np.zeros((1,) * self.layer.ndim, np.uint8), name=f"{self.layer.name} selection", opacity=1.0,
                 blending="translucent_no_depth",
                 colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: "yellow"}),
                 scale=self.layer.scale, translate=self.layer.translate,
@@ -739,48 +739,43 @@ class CorrectWidget(QWidget):
         return overlay
 
     def _show_selection(self, redraw: set[int] | frozenset = frozenset()) -> None:
-        """Outline the selected instances: erase the outlines of instances no longer selected (or
-        changed, ``redraw``) and draw the missing ones, each in its own box."""
+        """Outline the selected instances of the plane on screen: a 2-3 px band inside each one's border,
+        drawn in the box around the selection only (the work follows the selected objects' size)."""
         text = ", ".join(str(i) for i in sorted(self.selection)) or "none"
         self.selection_label.setText(f"selected: {text}")
         if self.layer is None:
             return
         if self.selection:
             self.layer.selected_label = max(self.selection)
+        overlay = self._selection_layer
+        if overlay is None or overlay not in self.viewer.layers:
+            if not self.selection:
+                return
+            overlay = self._ensure_selection_layer()
         plane = self.plane()
-        stale = {i for i, (p, _w) in self._outlined.items() if i not in self.selection or i in redraw or p != plane}
-        wanted = {i for i in self.selection if i not in self._outlined or i in stale}
-        if not stale and not wanted:
-            return
-        overlay = self._ensure_selection_layer()
-        erased = []
-        for label in stale:
-            drawn_plane, window = self._outlined.pop(label)
-            key = (*(slice(p, p + 1) for p in drawn_plane), *window)
-            old = np.asarray(overlay.data[key])
-            _set_pixels(overlay, key, np.zeros_like(old), old)
-            if drawn_plane == plane:
-                erased.append(window)
-        # outlines of other selected instances that shared an erased box are drawn again
-        for label, (drawn_plane, window) in list(self._outlined.items()):
-            if any(all(a.start < b.stop and b.start < a.stop for a, b in zip(window, w)) for w in erased):
-                self._outlined.pop(label)
-                wanted.add(label)
-        index = self.index(plane)
-        labels = _PlaneView(self.layer.data, plane)
-        lead = tuple(slice(p, p + 1) for p in plane)
-        for label in sorted(wanted):
-            if label not in index:
-                continue
-            window = pad_window(index.bbox(label), 1, index.shape)
-            inside = labels[window] == label
-            # a 2-3 px band along the inside of the border
-            outline = inside & ~ndimage.binary_erosion(inside, iterations=2)
-            key = (*lead, *window)
-            old = np.asarray(overlay.data[key]).reshape(outline.shape)
-            new = np.where(outline, 1, old).astype(np.uint8)
-            _set_pixels(overlay, key, new.reshape(np.asarray(overlay.data[key]).shape))
-            self._outlined[label] = (plane, window)
+        index = self.index(plane) if self.selection else None
+        ids = [i for i in sorted(self.selection) if index is not None and i in index]
+        offset = [*plane, 0, 0]
+        box = np.zeros((1, 1), np.uint8)
+        if ids:
+            window = None
+            for label in ids:
+                window = union_window(window, index.bbox(label))
+            window = pad_window(window, 1, index.shape)
+            offset[-2:] = window[0].start, window[1].start
+            box = np.zeros([s.stop - s.start for s in window], np.uint8)
+            labels = _PlaneView(self.layer.data, plane)
+            for label in ids:
+                own = pad_window(index.bbox(label), 1, index.shape)
+                inside = labels[own] == label
+                band = inside & ~ndimage.binary_erosion(inside, iterations=2)
+                box[own[0].start - window[0].start:own[0].stop - window[0].start,
+                    own[1].start - window[1].start:own[1].stop - window[1].start] |= band.astype(np.uint8)
+        data = box.reshape((1,) * len(plane) + box.shape)
+        translate = np.asarray(self.layer.translate) + np.asarray(offset) * np.asarray(self.layer.scale)
+        overlay.scale = self.layer.scale
+        overlay.translate = translate
+        overlay.data = data
 
     def seeds_layer(self):
         if self._seeds_layer is None or self._seeds_layer not in self.viewer.layers:
@@ -794,7 +789,6 @@ class CorrectWidget(QWidget):
         if self._selection_layer is not None and self._selection_layer in self.viewer.layers:
             self.viewer.layers.remove(self._selection_layer)
         self._selection_layer = None
-        self._outlined = {}
 
     def _remove_seeds_layer(self) -> None:
         if self._seeds_layer is not None and self._seeds_layer in self.viewer.layers:
