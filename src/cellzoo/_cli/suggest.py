@@ -19,7 +19,7 @@ def add_arguments(parser):
     parser.add_argument("--n", type=int, default=6, help="how many patches to suggest (default: 6)")
     parser.add_argument("--patch", type=int, default=256, help="patch edge in pixels (default: 256)")
     parser.add_argument("--seed", type=int, default=0, help="k-means seed (default: 0; same seed, same ranking)")
-    parser.add_argument("--device", default="cpu", choices=DEVICE_CHOICES, help="where to run (default: cpu)")
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="where to run (default: auto)")
     parser.add_argument("--out", "-o", default="suggestions.csv",
                         help="ranked table, .csv (default: suggestions.csv) or .geojson (rectangles for QuPath)")
     parser.add_argument("--geojson", default=None, metavar="FILE",
