@@ -42,7 +42,9 @@ def _declared(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
             if reader is None:
                 raise ValueError(f"unsupported .npy format version {version}")
             shape, _fortran, dtype = reader(fh)
-        except (ValueError, EOFError, SyntaxError, TypeError) as exc:
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - numpy's header parser raises ValueError, SyntaxError, TokenError ...
             raise ValueError(f"{path.name} is not a readable .npy file: its header is damaged or it is another "
                              f"format ({exc}).") from None
         offset = fh.tell()
