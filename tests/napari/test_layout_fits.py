@@ -20,7 +20,9 @@ def _reachable(qtbot, widget, child) -> bool:
     if area is not None:
         area.ensureWidgetVisible(child, 0, 0)
     qtbot.wait(50)
-    return child.isVisible() and not child.visibleRegion().isEmpty()
+    shown = child.visibleRegion().boundingRect()
+    # on screen, and not cut at the sides (the dock is as wide as the content needs)
+    return child.isVisible() and not shown.isEmpty() and shown.width() == child.width()
 
 
 @pytest.fixture
@@ -45,6 +47,8 @@ def test_segment_finetune_and_evaluate_fit_1280x800(small_window, qtbot):
     assert window.height() <= SCREEN[1] and window.width() <= SCREEN[0]
     for widget in (segment, finetune, evaluate):
         assert _reachable(qtbot, widget, widget.run_button), type(widget).__name__
+    assert _reachable(qtbot, segment, segment.refresh_button)  # the right end of the model row
+    assert _reachable(qtbot, segment, segment.tta_check)
     # Fine-tune docked under Segment: its plot and status can be scrolled to as well
     assert _reachable(qtbot, finetune, finetune.status)
     assert _reachable(qtbot, finetune, finetune.plot)
@@ -61,3 +65,15 @@ def test_each_widget_alone_keeps_run_on_screen(small_window, qtbot, make):
     qtbot.wait(200)
     assert window.height() <= SCREEN[1]
     assert _reachable(qtbot, widget, widget.run_button)
+
+
+def test_finetune_docked_under_segment_gets_a_fair_share(small_window, qtbot):
+    """Qt gave a dock added under another only its minimum height (Fine-tune: 160 of ~800 px)."""
+    viewer = small_window
+    segment, finetune = SegmentWidget(viewer), FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(segment, name="Segment", area="right")
+    viewer.window.add_dock_widget(finetune, name="Fine-tune", area="right")
+    qtbot.wait(300)
+    column = segment.height() + finetune.height()
+    assert finetune.height() >= 0.4 * column and segment.height() >= 0.4 * column
+    assert _reachable(qtbot, segment, segment.run_button) and _reachable(qtbot, finetune, finetune.run_button)

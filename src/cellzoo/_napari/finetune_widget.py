@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (QApplication, QCheckBox, QComboBox, QDoubleSpinBox, 
 from qtpy.QtCore import Qt
 
 from cellzoo._napari._plots import TrainingPlot
+from cellzoo._napari._scroll import FittingScrollArea
 from cellzoo._napari._job_panel import JobPanel
 from cellzoo._napari._worker import (Job, add_broken_models, gui_friendly_torch_threads, mark_field, notify_error,
                                      notify_info, unreadable_user_models)
@@ -300,7 +301,7 @@ class FinetuneWidget(QWidget):
         buttons.addWidget(self.cancel_button)
         # the form is taller than a shared dock: scroll instead of squeezing the rows together
         content = QWidget()
-        scroll = QScrollArea()
+        scroll = FittingScrollArea()  # asks for the content's height: a fair share under Segment
         scroll.setWidgetResizable(True)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
