@@ -68,19 +68,22 @@ def test_one_image_holds_out_a_region_and_says_so(monuseg):
 
 def test_tiny_finetune_on_real_data_does_not_drop(monuseg, tmp_path):
     torch.set_num_threads(2)
-    data = prepare_finetune_data([_region(monuseg[0], 0, 0, 512, 512), _region(monuseg[1], 0, 0, 512, 512)])
+    data = prepare_finetune_data([_region(monuseg[0], 0, 0, 320, 384), _region(monuseg[1], 0, 0, 320, 384)])
     model = resolve_model("cellzoo-he")
-    recipe = FinetuneRecipe(steps=6, warmup_steps=2, eval_every=3, crop=192, batch_size=2, seed=0)
+    recipe = FinetuneRecipe(steps=4, warmup_steps=1, eval_every=2, crop=128, batch_size=2, seed=0)
     result = finetune(model, data, recipe, device="cpu", out_dir=tmp_path)
-    assert [h["step"] for h in result.history] == [0, 3, 6]
+    assert [h["step"] for h in result.history] == [0, 2, 4]
+    assert any("learning rate 3e-05" in note for note in result.notes)  # a good base gets the gentle lr
+    # "after" is the best evaluated state; the model kept scores at least the base on the held-out stripes
+    assert selection_score(result.after) == max(h["score"] for h in result.history[1:])
     kept = run_to_end(validation_metrics(model, data.val, device=torch.device("cpu")))
-    # whatever happened, the model kept scores at least the base on the held-out stripes
     assert selection_score(kept) >= selection_score(result.before) - 1e-9
-    assert selection_score(result.after) >= selection_score(result.before)  # this seeded run does improve
+    assert abs(selection_score(result.after) - selection_score(result.before)) < 0.05  # a nudge, not a wreck
+    meta = read_metadata(result.best_path)["finetune"]
+    assert meta["improved"] is result.improved and meta["base"] == "cellzoo-he" and meta["before"] == result.before
+    assert result.best_path == tmp_path / (TUNED_NAME if result.improved else NOT_BETTER_NAME)
     if result.improved:
-        assert result.best_path == tmp_path / TUNED_NAME
-        meta = read_metadata(result.best_path)["finetune"]
-        assert meta["improved"] is True and meta["base"] == "cellzoo-he" and meta["before"] == result.before
+        assert selection_score(kept) == pytest.approx(selection_score(result.after))
 
 
 def test_guard_a_run_that_gets_worse_keeps_the_base(monuseg, tmp_path):
