@@ -245,3 +245,14 @@ def test_reader_reads_class_folder_layout(tmp_path, shared_data):
     assert img_kind == "image" and np.array_equal(img, image)
     assert _same_partition(inst, labels)
     assert ((cls == classes) | (labels == 0)).all()
+
+
+def test_npy_stacks_are_labels_by_their_pixels(tmp_path, shared_data):
+    _, labels, _ = _consep_patch(shared_data)
+    image = read_labels(sorted((shared_data / "dsb2018" / "test" / "images").glob("*.tif"))[0])[:256, :256]
+    np.save(tmp_path / "stack.npy", np.stack([np.zeros_like(labels), labels]).astype(np.int32))
+    np.save(tmp_path / "frames.npy", np.stack([image, image[::-1]]))  # integer, but an image stack
+    [(_, _, kind)] = get_reader(str(tmp_path / "stack.npy"))(str(tmp_path / "stack.npy"))
+    assert kind == "labels"
+    [(_, _, kind)] = get_reader(str(tmp_path / "frames.npy"))(str(tmp_path / "frames.npy"))
+    assert kind == "image"

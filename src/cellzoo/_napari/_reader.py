@@ -177,6 +177,14 @@ def _read_coco_images(path: Path, data: dict) -> list[LayerData]:
     return layers
 
 
+def _stack_kind(array: np.ndarray) -> str:
+    """raster_kind of a stack's first plane that is not all zero (its pixels, not its file name)."""
+    from cellzoo.data.label_kind import raster_kind
+
+    plane = next((plane for plane in array if np.any(plane)), array[0])
+    return raster_kind(np.asarray(plane)).kind
+
+
 def _read_npy(path: Path) -> list[LayerData]:
     """CoNIC-style arrays: ``images.npy`` N×H×W×3 → image stack, ``labels.npy`` N×H×W×2 → instances +
     classes stacks; single H×W(×2) maps go through :func:`cellzoo.data.formats.auto_read_annotation`."""
@@ -190,7 +198,7 @@ def _read_npy(path: Path) -> list[LayerData]:
         classes = np.asarray(array[..., 1], dtype=np.uint8)
         return _label_layers(path, path.stem, instances, classes, None)
     if array.ndim == 3 and array.shape[-1] != 2:
-        if array.dtype.kind in "iu" and "label" in path.stem.lower():
+        if array.dtype.kind in "iu" and _stack_kind(array) == "instances":
             return _label_layers(path, path.stem, labels_as_int32(np.asarray(array), path.name), None, None)
         return [(np.asarray(array), {"name": path.stem, "metadata": _meta(path)}, "image")]
     labels, classes, class_names = auto_read_annotation(path)
