@@ -206,7 +206,12 @@ class EvaluateWidget(QWidget):
             return cached[1]
         from cellzoo.metrics.sanity import map_kind
 
-        found = map_kind(np.asarray(data)).kind
+        if getattr(layer, "multiscale", False):
+            return None
+        # a stack (possibly lazy): its first, middle and last planes stand for it, not every plane
+        lead = data.shape[:-2]
+        picks = {tuple(0 for _ in lead), tuple(n // 2 for n in lead), tuple(n - 1 for n in lead)}
+        found = map_kind(np.stack([np.asarray(data[index]) for index in sorted(picks)])).kind
         role = found if found in ("instances", "classes") else ("instances" if kind == "Labels" else None)
         if kind == "Labels" and found == "image":
             role = "instances"  # a Labels layer is a label map by choice; the warnings say what looks odd
