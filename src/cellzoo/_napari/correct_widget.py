@@ -56,6 +56,8 @@ HELP = ("<b>Mouse</b> (pan/zoom mode): ⇧click delete · Ctrl+click select · A
 
 #: an edit whose boxes cover more than this share of the plane re-indexes the whole plane
 _REBUILD_SHARE = 0.25
+#: pixels around the selection that the outline overlay covers, so that nearby selections do not move it
+_OVERLAY_MARGIN = 192
 
 
 @dataclass
@@ -146,6 +148,7 @@ class CorrectWidget(QWidget):
         self._seeds_layer = None
         self._selection_layer = None
         self._indexes: dict[tuple[int, ...], InstanceIndex] = {}
+        self._overlay_box: tuple[tuple[int, ...], tuple[slice, slice]] | None = None  # plane, window covered
         self._pending_paint: list[tuple[Any, list]] = []
 
         self.layer_combo = QComboBox()
@@ -372,6 +375,9 @@ class CorrectWidget(QWidget):
             return
         self._undo, self._redo = [], []
         self._indexes = {}
+        if self._overlay_box is not None and self._overlay_box[1][0].stop > self.layer.data.shape[-2] or \
+                self._overlay_box is not None and self._overlay_box[1][1].stop > self.layer.data.shape[-1]:
+            self._overlay_box = None  # a smaller image now: the overlay moves on the next selection
         if self._selection_layer is not None and self._selection_layer.ndim != self.layer.ndim:
             self._remove_selection_layer()
             self._overlay_tries = 0
@@ -734,6 +740,7 @@ class CorrectWidget(QWidget):
                 scale=self.layer.scale, translate=self.layer.translate,
                 metadata={META_KEY: {"instances_layer": self.layer.name, "role": "selection"}})
             overlay.editable = False
+            self._overlay_box = None
             if active is not None and active in self.viewer.layers:
                 self.viewer.layers.selection.active = active
         return overlay
@@ -755,27 +762,36 @@ class CorrectWidget(QWidget):
         plane = self.plane()
         index = self.index(plane) if self.selection else None
         ids = [i for i in sorted(self.selection) if index is not None and i in index]
-        offset = [*plane, 0, 0]
-        box = np.zeros((1, 1), np.uint8)
+        box = self._overlay_box
         if ids:
-            window = None
+            needed = None
             for label in ids:
-                window = union_window(window, index.bbox(label))
-            window = pad_window(window, 1, index.shape)
-            offset[-2:] = window[0].start, window[1].start
-            box = np.zeros([s.stop - s.start for s in window], np.uint8)
-            labels = _PlaneView(self.layer.data, plane)
-            for label in ids:
-                own = pad_window(index.bbox(label), 1, index.shape)
-                inside = labels[own] == label
-                band = inside & ~ndimage.binary_erosion(inside, iterations=2)
-                box[own[0].start - window[0].start:own[0].stop - window[0].start,
+                needed = union_window(needed, index.bbox(label))
+            needed = pad_window(needed, 1, index.shape)
+            if box is None or box[0] != plane or not all(
+                    b.start <= n.start and n.stop <= b.stop for b, n in zip(box[1], needed)):
+                # move the overlay (rare: it keeps a margin, so nearby selections are drawn in place)
+                window = pad_window(needed, _OVERLAY_MARGIN, index.shape)
+                offset = [*plane, window[0].start, window[1].start]
+                translate = np.asarray(self.layer.translate) + np.asarray(offset) * np.asarray(self.layer.scale)
+                if not np.array_equal(overlay.scale, self.layer.scale):
+                    overlay.scale = self.layer.scale
+                overlay.translate = translate
+                overlay.data = np.zeros((1,) * len(plane) + tuple(s.stop - s.start for s in window), np.uint8)
+                box = self._overlay_box = (plane, window)
+        if box is None:
+            return
+        window = box[1]
+        content = np.zeros([s.stop - s.start for s in window], np.uint8)
+        labels = _PlaneView(self.layer.data, plane)
+        for label in ids:
+            own = pad_window(index.bbox(label), 1, index.shape)
+            inside = labels[own] == label
+            band = inside & ~ndimage.binary_erosion(inside, iterations=2)
+            content[own[0].start - window[0].start:own[0].stop - window[0].start,
                     own[1].start - window[1].start:own[1].stop - window[1].start] |= band.astype(np.uint8)
-        data = box.reshape((1,) * len(plane) + box.shape)
-        translate = np.asarray(self.layer.translate) + np.asarray(offset) * np.asarray(self.layer.scale)
-        overlay.scale = self.layer.scale
-        overlay.translate = translate
-        overlay.data = data
+        key = tuple(slice(0, n) for n in overlay.data.shape)
+        _set_pixels(overlay, key, content.reshape(overlay.data.shape))  # only the changed pixels
 
     def seeds_layer(self):
         if self._seeds_layer is None or self._seeds_layer not in self.viewer.layers:
@@ -789,6 +805,7 @@ class CorrectWidget(QWidget):
         if self._selection_layer is not None and self._selection_layer in self.viewer.layers:
             self.viewer.layers.remove(self._selection_layer)
         self._selection_layer = None
+        self._overlay_box = None
 
     def _remove_seeds_layer(self) -> None:
         if self._seeds_layer is not None and self._seeds_layer in self.viewer.layers:
