@@ -28,8 +28,10 @@ def test_manifest_contributes_widgets_reader_writers_and_sample():
     contributions = manifest.contributions
     assert {w.display_name for w in contributions.widgets} == set(EXPECTED_WIDGETS)
     [reader] = contributions.readers
-    assert reader.accepts_directories and {"*.xml", "*.npy", "*.json", "*.geojson", "*.tif"} <= set(
+    assert reader.accepts_directories and {"*.xml", "*.npy", "*.json", "*.geojson", "*instance*.tif"} <= set(
         reader.filename_patterns)
+    # napari's own reader has the plain raster patterns; claiming them too would ask "Choose reader" on every drop
+    assert not {"*.tif", "*.tiff", "*.png", "*.jpg", "*.jpeg", "*.bmp"} & set(reader.filename_patterns)
     extensions = {ext for writer in contributions.writers for ext in writer.filename_extensions}
     assert {".tif", ".geojson", ".json"} <= extensions
     assert all(writer.layer_types == ["labels"] for writer in contributions.writers)
