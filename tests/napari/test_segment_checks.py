@@ -77,15 +77,17 @@ def test_images_without_content_are_refused_before_run(viewer_widget, data, word
     assert widget._job is None and [layer.name for layer in viewer.layers] == ["empty"]
 
 
-def test_a_blank_plane_of_a_stack_is_refused_only_on_its_own(viewer_widget, shared_data):
+def test_a_blank_plane_of_a_stack_is_refused_only_on_its_own(viewer_widget, qtbot, shared_data):
     viewer, widget = viewer_widget
     fluo = read_image(_fluo(shared_data))
     viewer.add_image(np.stack([np.zeros_like(fluo), fluo]), name="stack")
     _choose_model(widget, "cellzoo-fluo")
     viewer.dims.set_current_step(0, 0)
+    qtbot.wait(300)  # the checks run once the slider rests
     assert not widget.run_button.isEnabled() and "every pixel is 0" in widget.warning_label.text()
     widget.scope_combo.setCurrentIndex(widget.scope_combo.findData("stack"))
     assert widget.run_button.isEnabled()
     widget.scope_combo.setCurrentIndex(widget.scope_combo.findData("plane"))
     viewer.dims.set_current_step(0, 1)  # the checks follow the plane on screen
+    qtbot.wait(300)
     assert widget.run_button.isEnabled() and not widget.warning_label.isVisibleTo(widget)

@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
                             QPushButton, QSpinBox, QVBoxLayout, QWidget)
 from superqt import QCollapsible
@@ -211,7 +211,12 @@ class SegmentWidget(QWidget):
         self.viewer.layers.events.removed.connect(self._refresh_images)
         self.viewer.layers.events.reordered.connect(self._refresh_images)
         self.viewer.layers.selection.events.active.connect(self._on_active_layer)
-        self.viewer.dims.events.current_step.connect(self._on_plane_changed)
+        # a stack's plane checks wait until the slider rests (playing a time-lapse must not stall)
+        self._plane_timer = QTimer(self)
+        self._plane_timer.setSingleShot(True)
+        self._plane_timer.setInterval(150)
+        self._plane_timer.timeout.connect(self._on_plane_changed)
+        self.viewer.dims.events.current_step.connect(self._plane_moved)
         self.image_combo.currentIndexChanged.connect(self._on_image_changed)
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
         self.scale_combo.currentTextChanged.connect(self.validate)
@@ -282,6 +287,9 @@ class SegmentWidget(QWidget):
             index = self.image_combo.findText(layer.name)
             if index >= 0:
                 self.image_combo.setCurrentIndex(index)
+
+    def _plane_moved(self, event=None) -> None:
+        self._plane_timer.start()
 
     def _on_plane_changed(self, event=None) -> None:
         """Another plane on screen: the content checks of a stack's plane are redone."""
