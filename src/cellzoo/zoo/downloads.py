@@ -213,7 +213,7 @@ def stream_response(response, output_file, progressbar, chunk_size: int = 1 << 2
     is_path = not hasattr(output_file, "write")
     fh = open(output_file, "w+b") if is_path else output_file
     try:
-        for chunk in response.iter_content(chunk_size=chunk_size):
+        for chunk in _arriving_chunks(response, chunk_size):
             if time.monotonic() > deadline:
                 raise requests.exceptions.Timeout(
                     f"the download took longer than {download_deadline():g} s ({received:,} bytes received); "
@@ -231,6 +231,28 @@ def stream_response(response, output_file, progressbar, chunk_size: int = 1 << 2
     if total and received < total:
         raise requests.exceptions.ChunkedEncodingError(
             f"only {received:,} of the announced {total:,} bytes arrived")
+
+
+def _arriving_chunks(response, chunk_size: int):
+    """The body as it arrives: ``read1`` returns whatever bytes are there (up to ``chunk_size``), so the
+    deadline is checked while a server drips; ``iter_content`` would wait for a whole chunk first."""
+    import requests
+    import urllib3
+
+    raw = response.raw
+    if not hasattr(raw, "read1"):  # urllib3 < 2
+        yield from response.iter_content(chunk_size=chunk_size)
+        return
+    while True:
+        try:
+            data = raw.read1(chunk_size, decode_content=True)
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            raise requests.exceptions.ReadTimeout(exc) from exc
+        except (urllib3.exceptions.ProtocolError, urllib3.exceptions.DecodeError) as exc:
+            raise requests.exceptions.ChunkedEncodingError(exc) from exc
+        if not data:
+            return
+        yield data
 
 
 class HTTPDownloader:
