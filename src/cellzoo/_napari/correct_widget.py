@@ -935,6 +935,7 @@ class CorrectWidget(QWidget):
         mapping = dict(zip(old_ids.tolist(), new_ids))
         scores = {mapping.get(k, k): v for k, v in self.info["scores"].items()}
         whole = (slice(0, labels.shape[0]), slice(0, labels.shape[1]))
+        self.selection = {mapping[i] for i in self.selection if i in mapping}  # the same objects, new ids
         self.apply_patches([annotate.Patch(whole, relabeled)], what="Relabel", scores=scores)
 
     # ------------------------------------------------------------------ training set
