@@ -195,14 +195,15 @@ class CorrectWidget(QWidget):
              "Split the instance that holds the seed points (Alt+click to place them)"),
             ("new", "New ⇧N", self.new_instance, "Paint a new instance with the next free id and the chosen class"),
             ("assign", "Set class ⇧C", self.assign_class_to_selection, "Give the selected instances the chosen class"),
+            ("clear", "Clear sel.", self.clear_selection, "Forget the selection and the split seeds"),
             ("fill", "Fill holes", self.fill_holes, "Fill holes inside instances"),
             ("relabel", "Relabel 1..N", self.relabel_sequential, "Renumber the instances of this plane 1..N"),
-            ("clear", "Clear sel.", self.clear_selection, "Forget the selection and the split seeds"),
-            ("undo", "Undo", self.undo, "Undo the last edit (Ctrl+Z)"),
-            ("redo", "Redo", self.redo, "Redo (Ctrl+Shift+Z)"),
         ]
         for k, (key, text, slot, tip) in enumerate(tools):
             grid.addWidget(button(key, text, slot, tip), k // 3, k % 3)
+        history = QHBoxLayout()
+        history.addWidget(button("undo", "Undo", self.undo, "Undo the last edit (Ctrl+Z)"))
+        history.addWidget(button("redo", "Redo", self.redo, "Redo (Ctrl+Shift+Z)"))
         small = QHBoxLayout()
         small.addWidget(button("small", "Remove objects under", self.remove_small,
                                "Delete instances smaller than the given number of pixels"))
@@ -223,6 +224,7 @@ class CorrectWidget(QWidget):
         layout.addWidget(self.selection_label)
         layout.addLayout(grid)
         layout.addLayout(small)
+        layout.addLayout(history)
         layout.addWidget(QLabel("<b>Training set</b>"))
         layout.addLayout(folder)
         layout.addWidget(button("add", "Add to training set", self.add_to_training_set,
