@@ -214,3 +214,32 @@ def test_zoo_list_has_a_status_legend(capsys):
     statuses = set(re.findall(r"\s(embedded|cached|downloadable|user|missing)\s", out.split("STATUS:")[0]))
     legend = out.split("STATUS:")[1]
     assert statuses and all(f"{status} = " in legend for status in statuses)
+
+
+class _RunsShell:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("content", ["malicious zip", "malicious legacy", "text"])
+def test_train_resume_from_a_bad_state_file(tmp_path, capsys, tiny_dataset, content):
+    import torch
+
+    from cellzoo.train.trainer import STATE_NAME
+    run = tmp_path / "run"
+    run.mkdir()
+    marker = tmp_path / "payload-ran"
+    if content == "text":
+        (run / STATE_NAME).write_text("epoch 3\n")
+    else:
+        torch.save({"epoch": 1, "evil": _RunsShell(marker)}, run / STATE_NAME,
+                   _use_new_zipfile_serialization=content == "malicious zip")
+    assert main(["train", "--family", "repsnet", "--data", str(tiny_dataset), "--out", str(run), "--resume",
+                 "--epochs", "1", "--steps-per-epoch", "1", "--crop", "32", "--val-fraction", "0",
+                 "--model-config", json.dumps({"filters": [4, 8, 8, 8]})]) == 2
+    _one_line_error(capsys, "is not a PyTorch checkpoint" if content == "text" else "could run code")
+    assert not marker.exists()

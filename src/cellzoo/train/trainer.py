@@ -308,7 +308,9 @@ def train_iter(model: CellModel, train_samples: Iterable[Sample], val_samples: I
     best_path = out_dir / BEST_NAME
     state_path = out_dir / STATE_NAME
     if config.resume and state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        from ..zoo.safe_load import safe_torch_load
+
+        state = safe_torch_load(state_path)  # weights_only, with a clear message for a damaged or malicious file
         resumed, _meta = load_weights(out_dir / LAST_NAME, device=device)
         model.load_state_dict(resumed.state_dict())
         optimizer.load_state_dict(state["optimizer"])
