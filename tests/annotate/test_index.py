@@ -144,3 +144,19 @@ def test_paint_over_a_neighbour_gives_the_new_instance_the_chosen_class(consep):
     untouched = np.ones(labels.shape, bool)
     untouched[window] = False
     np.testing.assert_array_equal(out[untouched], classes[untouched])
+
+
+def test_class_lookup_of_a_stack_and_sync_classes(consep):
+    from cellzoo.annotate import class_of_instances, sync_classes
+
+    labels, classes = consep
+    top = int(labels.max())
+    stack = np.stack([labels, np.where(labels > 0, labels + top, 0)])  # ids unique across planes
+    lookup = class_of_instances(stack, np.stack([classes, classes]))
+    plane = class_of_instances(labels, classes)
+    assert len(lookup) == 2 * len(plane)
+    assert all(lookup[i] == c and lookup[i + top] == c for i, c in plane.items())
+    synced = sync_classes(labels, classes)
+    for label in list(plane)[::40]:
+        assert set(np.unique(synced[labels == label])) == {plane[label]}
+    assert not synced[labels == 0].any()
