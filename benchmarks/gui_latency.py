@@ -20,7 +20,10 @@ Run (needs an X display; software OpenGL under Xvfb is the slow case)::
     QT_QPA_PLATFORM=xcb xvfb-run -a -s "-screen 0 1600x1200x24" \\
         .venv/bin/python benchmarks/gui_latency.py [--size 3000] [--skip-finetune]
 
-Writes ``benchmarks/results/gui_latency.md`` and prints the table.
+Writes ``benchmarks/results/gui_latency.md`` and prints the table. ``--ground-truth`` shows the mosaic's
+own labels instead of segmenting (a quick check of the Correct rows); ``GUI_LATENCY_VERBOSE=1`` prints
+where each stall over 100 ms started. Stalls depend on the load of the machine: the table header
+records the load average at the start and at the end.
 """
 from __future__ import annotations
 
