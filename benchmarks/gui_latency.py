@@ -369,7 +369,7 @@ class Bench:
         stats = self.probe.stats(start, end)
         stats["call_ms"] = 1000 * took
         # the cancelled thread winds down in the background (it stops at its next tile or stage)
-        stopped = wait_until(lambda: not getattr(widget._job, "running", False), timeout_s=120)
+        stopped = wait_until(lambda: getattr(widget._job, "thread_done", True), timeout_s=120)
         self.rows.append(("Cancel in Segment: click -> Run enabled", stats,
                           f"{1000 * took:.0f} ms to ready; the thread stopped {stopped:.1f} s after ready"))
         print(f"Segment cancel: {1000 * took:.0f} ms to ready, thread stopped {stopped:.1f} s later", flush=True)
@@ -517,7 +517,7 @@ def default_finetune_scenarios(bench: Bench) -> None:
     stats["call_ms"] = 1000 * ready
     bench.rows.append(("Cancel in Fine-tune: click -> Run enabled", stats, f"{1000 * ready:.0f} ms to ready"))
     print(f"Fine-tune cancel: {1000 * ready:.0f} ms to ready", flush=True)
-    stopped = wait_until(lambda: not running(), timeout_s=120)
+    stopped = wait_until(lambda: getattr(getattr(widget, "job", None), "thread_done", True), timeout_s=120)
     print(f"Fine-tune cancel: thread stopped {stopped:.1f} s after ready", flush=True)
     name, stats, note = bench.rows[-1]
     bench.rows[-1] = (name, stats, f"{note}; the thread stopped {stopped:.1f} s after ready")
