@@ -109,3 +109,25 @@ def test_a_corrupted_served_file_is_refused_and_leaves_nothing(mirror, zoo_env):
     with pytest.raises(FetchError):
         load_model(info.name)
     assert served.stat().st_size == info.size  # same size: only the hash can tell
+
+
+def test_an_install_without_the_embedded_files_fetches_them_from_the_mirror(zoo_env, server, monkeypatch,
+                                                                             real_images):
+    """The packaged registry as it is; the package's embedded folder empty (a slim install): with
+    CELLZOO_MIRROR set, our models are downloadable and come through pooch with their pinned hash."""
+    from cellzoo.zoo import locations
+
+    info = next(i for i in OWN if i.name == "cellzoo-fluo")
+    monkeypatch.setattr(locations, "EMBEDDED_DIR", zoo_env["tmp"] / "no-embedded-files")
+    assert zoo.model_status(info.name) == "missing"  # no mirror: nothing to get it from
+    with pytest.raises(FileNotFoundError, match="CELLZOO_MIRROR"):
+        zoo.fetch(info.name, progress=False)
+    shutil.copy(EMBEDDED_DIR / info.filename, server.root / info.filename)
+    monkeypatch.setenv("CELLZOO_MIRROR", f"{server.url}/files")
+    assert zoo.model_status(info.name) == "downloadable"
+    path = zoo.fetch(info.name, progress=False)
+    assert path == zoo_env["cache"] / info.filename and zoo.model_status(info.name) == "cached"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == info.sha256
+    image, truth = real_images["fluo"]
+    result = segment(load_model(info.name), image, device="cpu")
+    assert aji(truth, result.labels) >= 0.45

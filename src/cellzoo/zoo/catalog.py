@@ -23,7 +23,7 @@ def default_model_name() -> str:
 
 
 def _with_status(info: ModelInfo) -> ModelInfo:
-    if info.embedded:
+    if info.embedded and (embedded_path(info).is_file() or not info.sha256):
         path = embedded_path(info)
         info.status, info.path = ("embedded", path) if path.is_file() else ("missing", None)
         if info.path is not None and not info.metrics:

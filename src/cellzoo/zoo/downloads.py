@@ -366,12 +366,15 @@ def fetch_info(info: ModelInfo, progress: bool | Callable[[int, int], Any] = Tru
         return Path(info.path)
     if info.embedded:
         path = embedded_path(info)
-        if not path.is_file():
+        if path.is_file():
+            return path
+        if not (info.sha256 and download_urls(info)):
             raise FileNotFoundError(
                 f"the embedded weights of {info.name!r} are missing: {path} does not exist. This "
-                "install was built before the weights were trained; reinstall napari-cellzoo from a "
-                "release, or train them with scripts/train_defaults.py.")
-        return path
+                "install was built before the weights were trained or without them; reinstall napari-cellzoo "
+                "from a release, set CELLZOO_MIRROR to a server that has the file, or train them with "
+                "scripts/train_defaults.py.")
+        # an install without the embedded files: fetched like any download, its registry sha256 pinned
 
     import pooch
     import requests
