@@ -116,6 +116,7 @@ def shoot_evaluate(out: Path, app, data: Path) -> None:
           "| classes:", widget.gt_class_layer.currentText(), widget.pred_class_layer.currentText(),
           "| warnings:", widget.warnings)
     widget.run()
+    viewer.layers["DSB test classes"].visible = False  # one class: the instance outlines say more
     viewer.layers.selection.active = viewer.layers["DSB test instances"]
     viewer.reset_view()
     _settle(app)
@@ -136,20 +137,26 @@ def shoot_finetune(out: Path, app, data: Path, steps: int) -> None:
         viewer.add_image(read_image(data / "dsb2018/train/images" / name), name=f"dsb {k}")
         viewer.add_labels(read_labels(data / "dsb2018/train/masks" / name), name=f"dsb {k} labels")
     seg = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(seg, name="Segment (Cell Zoo)", area="right")
+    seg_dock = viewer.window.add_dock_widget(seg, name="Segment (Cell Zoo)", area="right")
     seg.model_combo.setCurrentIndex(seg.model_combo.findData("cellzoo-fluo"))
     widget = FinetuneWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Fine-tune (Cell Zoo)", area="right")
+    dock = viewer.window.add_dock_widget(widget, name="Fine-tune (Cell Zoo)", area="right")
     widget.base_model.setCurrentIndex(widget.base_model.findData("cellzoo-fluo"))
     widget.steps.setValue(steps)
     widget.crop.setValue(192)
     widget.device.setCurrentText("cpu")
     widget.run()
     _settle(app)
-    # Fine-tune shares the dock column with Segment: show its result, as a user would scroll to it
-    area = widget.findChild(__import__("qtpy.QtWidgets", fromlist=["QScrollArea"]).QScrollArea)
+    # Fine-tune shares the dock column with Segment: the user drags the divider up and scrolls to the result
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QScrollArea
+
+    viewer.window._qt_window.resizeDocks([seg_dock, dock], [250, 2000], Qt.Orientation.Vertical)
+    _settle(app)
+    area = widget.findChild(QScrollArea)
     if area is not None:
-        area.ensureWidgetVisible(widget.comparison)
+        area.ensureWidgetVisible(widget.decision, 0, 10)
+        area.ensureWidgetVisible(widget.plot, 0, 10)
     viewer.layers.selection.active = viewer.layers["dsb 0 labels"]
     viewer.reset_view()
     _settle(app)

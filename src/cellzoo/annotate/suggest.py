@@ -397,7 +397,8 @@ def rank_patches(boxes: Sequence[tuple[int, int, int, int]], distance: np.ndarra
 
 
 def _as_image_list(images) -> list:
-    if isinstance(images, np.ndarray) or hasattr(images, "__array__") and not isinstance(images, (list, tuple)):
+    """One image (any array-like that is not a list/tuple) or a list of them → a list."""
+    if isinstance(images, np.ndarray) or (hasattr(images, "__array__") and not isinstance(images, (list, tuple))):
         return [images]
     images = list(images)
     if not images:
