@@ -347,3 +347,18 @@ def test_suggest_puts_ranked_rectangles_in_a_shapes_layer(make_napari_viewer, qt
     widget._show_suggestions(viewer.layers["slide"], widget.suggestions[:2])
     assert [layer.name for layer in viewer.layers].count("slide suggestions") == 1
     assert len(viewer.layers["slide suggestions"].data) == 2
+
+
+def test_pseudo_labels_from_the_open_unlabelled_images(make_napari_viewer, qtbot, models_dir):
+    """The pseudo-label option: the open 2-D images outside the ticked pairs go to the job, whose base
+    pseudo-labels them (the run's notes say how many instances it kept)."""
+    viewer, widget = _setup(make_napari_viewer)
+    _add_dsb_pairs(viewer)
+    image = read_image(sample_image_path())
+    viewer.add_image(image[256:512, :256], name="unlabelled")
+    _quick_settings(widget)
+    assert widget.pseudo_image_names() == ["unlabelled"]
+    widget.pseudo.setChecked(True)
+    _run(widget, qtbot)
+    notes = widget.outcome.notes
+    assert any(note.startswith("pseudo-labels: ") and "on 1 unlabelled image" in note for note in notes), notes

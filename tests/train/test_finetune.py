@@ -111,3 +111,28 @@ def test_recipe_steps_scale_with_the_data_and_bad_options_are_refused():
         FinetuneRecipe(bn="whatever")
     with pytest.raises(ValueError, match="unknown fine-tuning option"):
         FinetuneRecipe.from_dict({"epochs": 3})
+
+
+def test_synthesis_pastes_corrected_nuclei_into_the_training_crops(monuseg):
+    """recipe.synthesis > 0: training crops carry extra nuclei cut from the corrected images (their count
+    grows), the run says so, and it still trains (a finite loss, the guard decides as always)."""
+    torch.set_num_threads(2)
+    from cellzoo.data.spacefill import SpaceFill, build_cell_library
+
+    sample = _region(monuseg[0], 0, 0, 256, 256)
+    library = build_cell_library([sample], seed=0)
+    assert len(library) > 20  # every corrected nucleus of a MoNuSeg crop of 256²
+    fill = SpaceFill(library, n_cells=8)
+    rng = np.random.default_rng(0)
+    image, labels, _ = fill(sample.image.astype(np.float32), sample.labels, None, rng)
+    added = len(np.unique(labels)) - len(np.unique(sample.labels))
+    assert added >= 3 and np.all(labels[sample.labels > 0] == sample.labels[sample.labels > 0])
+    assert not np.array_equal(image, sample.image.astype(np.float32))
+
+    data = prepare_finetune_data([_region(monuseg[0], 0, 0, 320, 384), _region(monuseg[1], 0, 0, 320, 384)])
+    recipe = FinetuneRecipe(steps=2, warmup_steps=1, eval_every=2, crop=128, batch_size=2, synthesis=1.0)
+    result = finetune(resolve_model("cellzoo-he"), data, recipe, device="cpu")
+    assert any(note.startswith("synthesis: 100% of the crops") for note in result.notes)
+    assert len(result.history) == 2 and np.isfinite(result.history[-1]["loss"])
+    with pytest.raises(ValueError, match="synthesis must be in"):
+        FinetuneRecipe(synthesis=1.5)

@@ -46,6 +46,9 @@ def add_arguments(parser):
     parser.add_argument("--pseudo-data", default=None,
                         help="with --base: folder of unlabelled images whose confident predictions join the "
                              "training data (pseudo-labels)")
+    parser.add_argument("--synthesis", type=float, default=None, metavar="SHARE",
+                        help="with --base: share of training crops (0-1) that get corrected nuclei pasted into "
+                             "their empty places (default 0: off; see benchmarks/results/finetune.md)")
     parser.add_argument("--workers", dest="num_workers", type=int, default=None,
                         help="processes that make the training batches ahead of the model (0: in the main "
                              "process); a GPU run wants several")
@@ -103,6 +106,9 @@ def build_training_model(family: str | None, base: str | None, model_config: dic
 def run(args) -> int:
     if args.base:
         return run_finetune(args)
+    for flag, key in (("--steps", "steps"), ("--pseudo-data", "pseudo_data"), ("--synthesis", "synthesis")):
+        if getattr(args, key) is not None:
+            raise ValueError(f"{flag} is a fine-tuning option: use it with --base MODEL")
     from tqdm import tqdm
 
     from ..train import TrainConfig, train_iter
@@ -173,7 +179,7 @@ def _recipe_options(args) -> dict:
         if getattr(args, key) is not None:
             raise ValueError(f"{flag} is not used when fine-tuning (--base); drop it")
     options = _json_option(args.config, "--config")
-    for key in ("crop", "batch_size", "lr", "seed", "steps"):
+    for key in ("crop", "batch_size", "lr", "seed", "steps", "synthesis"):
         value = getattr(args, key)
         if value is not None:
             options[key] = value

@@ -92,7 +92,7 @@ def finetune_job(base_name: str, layer_samples: list, folders: list[Path], setti
     """Generator run in the worker thread: load, de-duplicate and hold out, score the base, fine-tune with
     the recipe, save the best state as ``new_name`` (also when it did not beat the base: the widget then
     lets the user keep or discard it). ``settings``: ``recipe`` (FinetuneRecipe overrides), ``device``,
-    ``val_fraction``, ``seed``."""
+    ``val_fraction``, ``seed``, ``pseudo_images`` (unlabelled images for pseudo-labels)."""
     from cellzoo.train.finetune import FinetuneRecipe, finetune_iter, prepare_finetune_data
     from cellzoo.zoo import load_model, register_model
     from cellzoo.zoo.weights import load_weights, read_metadata
@@ -117,7 +117,8 @@ def finetune_job(base_name: str, layer_samples: list, folders: list[Path], setti
     try:
         try:
             result = yield from finetune_iter(model, data, recipe, device=settings.get("device", "auto"),
-                                              cancel=cancel, out_dir=out_dir, base_name=base_name)
+                                              cancel=cancel, out_dir=out_dir, base_name=base_name,
+                                              pseudo_images=settings.get("pseudo_images") or None)
         except Cancelled:  # cancelled while scoring: nothing evaluated is kept
             outcome.cancelled = True
             return outcome
@@ -235,6 +236,10 @@ class FinetuneWidget(QWidget):
         for name, box in self.augment_boxes.items():
             box.setChecked(name in tuple(recipe.augment))
         self.augment_boxes["stain"].setToolTip("H&E stain jitter (RGB brightfield only)")
+        self.pseudo = QCheckBox("Also learn from the base's confident predictions on the open images without labels")
+        self.pseudo.setToolTip("Pseudo-labels: the base segments every open 2-D image that is not in a ticked pair; "
+                               f"its instances scored ≥ {recipe.pseudo_min_score:g} join the training crops "
+                               f"({recipe.pseudo_share:.0%} of them); the held-out score still decides")
         self.new_name = QLineEdit()
         self.new_name.setPlaceholderText("name of the new model")
 
@@ -292,6 +297,7 @@ class FinetuneWidget(QWidget):
         for index, box in enumerate(self.augment_boxes.values()):
             grid.addWidget(box, index // 3, index % 3)
         form.addRow("Augmentations", grid)
+        form.addRow(self.pseudo)
         top = QFormLayout()
         top.addRow("Base model", model_row)
         bottom = QFormLayout()
@@ -693,6 +699,14 @@ class FinetuneWidget(QWidget):
         return {"recipe": recipe, "device": self.device.currentText(), "val_fraction": self.val_fraction.value(),
                 "seed": 0}
 
+    def pseudo_image_names(self) -> list[str]:
+        """Open 2-D image layers that are in no ticked pair (the unlabelled images pseudo-labels come from)."""
+        from napari.layers import Image
+
+        paired = {image for image, _labels, _classes in self.checked_pairs()}
+        return [layer.name for layer in self.viewer.layers if isinstance(layer, Image) and layer.name not in paired
+                and len(_image_spatial_shape(layer)) == 2]
+
     def run(self) -> Job | None:
         if not self.validate():
             return None
@@ -701,6 +715,8 @@ class FinetuneWidget(QWidget):
         samples = self._layer_samples()
         folders = self.folder_paths()
         config_values = self.config_values()
+        if self.pseudo.isChecked():  # copied here: the layers may change while the job runs
+            config_values["pseudo_images"] = [np.array(self.viewer.layers[n].data) for n in self.pseudo_image_names()]
         self.outcome = None
         self.comparison.setText("")
         self.decision.setVisible(False)

@@ -92,6 +92,11 @@ class FinetuneRecipe:
     #: pseudo-labels: keep predicted instances whose score is at least this; share of crops from pseudo images
     pseudo_min_score: float = 0.8
     pseudo_share: float = 0.5
+    #: synthesis: share of corrected-image crops that get new nuclei pasted into their empty places (cells
+    #: of the corrected images, re-sized, turned and re-lit: :class:`cellzoo.data.spacefill.SpaceFill`), and
+    #: how many per crop. 0 (default) until the benchmark shows it helps: benchmarks/results/finetune.md
+    synthesis: float = 0.0
+    synthesis_cells: int = 8
 
     def __post_init__(self) -> None:
         checks = [(self.steps >= 1, "steps must be >= 1"), (self.lr is None or (math.isfinite(self.lr) and self.lr > 0), "lr must be a finite number > 0 (or None: from the base's score)"),
@@ -101,7 +106,9 @@ class FinetuneRecipe:
                   (self.bn in ("frozen", "train"), "bn must be 'frozen' or 'train'"),
                   (0.0 <= self.object_crops <= 1.0, "object_crops must be in [0, 1]"),
                   (self.eval_every >= 1, "eval_every must be >= 1"), (self.patience >= 1, "patience must be >= 1"),
-                  (0.0 <= self.pseudo_share < 1.0, "pseudo_share must be in [0, 1)")]
+                  (0.0 <= self.pseudo_share < 1.0, "pseudo_share must be in [0, 1)"),
+                  (0.0 <= self.synthesis <= 1.0, "synthesis must be in [0, 1]"),
+                  (self.synthesis_cells >= 1, "synthesis_cells must be >= 1")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"FinetuneRecipe: {message}")
@@ -464,6 +471,16 @@ def finetune_iter(model, data: FinetuneData, recipe: FinetuneRecipe | None = Non
     crop = max(divisor, min(-(-recipe.crop // divisor) * divisor, smallest // divisor * divisor))
     window = max(crop, min(int(math.ceil(crop * 1.3)), smallest))
     augment = build_augment(list(recipe.augment) if isinstance(recipe.augment, tuple) else recipe.augment)
+    synthesise = None
+    if recipe.synthesis > 0:
+        from ..data.spacefill import SpaceFill, build_cell_library
+
+        library = build_cell_library(data.train, max_cells=2000, seed=recipe.seed)
+        if library:
+            synthesise = SpaceFill(library, n_cells=recipe.synthesis_cells)
+            notes.append(f"synthesis: {recipe.synthesis:.0%} of the crops get up to {recipe.synthesis_cells} of "
+                         f"{len(library)} corrected nuclei pasted into their empty places")
+            yield Message(notes[-1])
 
     def make_batch():
         images, targets = [], []
@@ -472,6 +489,8 @@ def finetune_iter(model, data: FinetuneData, recipe: FinetuneRecipe | None = Non
             pool = pseudo_sources if use_pseudo else sources
             source = pool[rng.integers(len(pool))]
             triple = source.crop(window, rng, centred=not use_pseudo and rng.random() < recipe.object_crops)
+            if synthesise is not None and not use_pseudo and rng.random() < recipe.synthesis:
+                triple = synthesise(np.asarray(triple[0], np.float32), triple[1], triple[2], rng)
             triple = augment(np.array(triple[0], np.float32), np.array(triple[1]),
                              None if triple[2] is None else np.array(triple[2]), rng)
             image, labels, classes = random_crop(*triple, crop, rng)
