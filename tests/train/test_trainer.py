@@ -95,6 +95,36 @@ def test_resume_continues_exactly(tmp_path, monuseg_samples):
     assert [h["epoch"] for h in result.history] == [1, 2]
 
 
+def test_resume_after_a_kill_between_the_two_last_writes(tmp_path, monuseg_samples):
+    """A kill after last.safetensors of epoch 2 but before last_state.pt of epoch 2: the state file (epoch 1,
+    with its own weights) decides, so --resume redoes epoch 2 from epoch 1's weights exactly as the straight
+    run did (not on top of epoch 2's weights)."""
+    import shutil
+
+    from cellzoo.train.trainer import LAST_NAME, STATE_NAME
+
+    train_samples, val_samples = monuseg_samples
+    straight = []
+    torch.manual_seed(0)
+    train(build_model("repsnet", SMALL), train_samples, val_samples, _config(tmp_path / "straight"),
+          on_event=straight.append)
+    killed = tmp_path / "killed"
+    torch.manual_seed(0)
+    train(build_model("repsnet", SMALL), train_samples, val_samples, _config(killed, epochs=1))
+    state_after_epoch_1 = (killed / STATE_NAME).read_bytes()
+    train(build_model("repsnet", SMALL), train_samples, val_samples, _config(killed, resume=True))
+    (killed / STATE_NAME).write_bytes(state_after_epoch_1)  # as if killed before the state's write
+    from cellzoo.zoo.weights import read_metadata
+
+    assert read_metadata(killed / LAST_NAME)["epoch"] == 2
+    second = []
+    train(build_model("repsnet", SMALL), train_samples, val_samples, _config(killed, resume=True),
+          on_event=second.append)
+    assert [s.epoch for s in second if isinstance(s, TrainStep)] == [2, 2]
+    np.testing.assert_allclose(_losses(second), _losses(straight)[2:], rtol=1e-5)
+    shutil.rmtree(killed)
+
+
 def test_worker_processes_make_the_same_batches_and_stop_with_a_cancel(tmp_path, monuseg_samples):
     """Batches made ahead by two worker processes are the batches made in-process (each is seeded by its
     epoch and step), so the losses agree; a cancel ends the run and its workers."""

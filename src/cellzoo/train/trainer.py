@@ -311,8 +311,20 @@ def train_iter(model: CellModel, train_samples: Iterable[Sample], val_samples: I
         from ..zoo.safe_load import safe_torch_load
 
         state = safe_torch_load(state_path)  # weights_only, with a clear message for a damaged or malicious file
-        resumed, _meta = load_weights(out_dir / LAST_NAME, device=device)
-        model.load_state_dict(resumed.state_dict())
+        if "model" in state:
+            # the state file carries its own weights: one atomic file, so a kill between writing
+            # last.safetensors and last_state.pt cannot pair one epoch's weights with another's optimizer
+            model.load_state_dict(state["model"])
+        else:  # a state written before the weights were kept in it: only if both files are of the same epoch
+            from ..zoo.weights import read_metadata
+
+            last_epoch = read_metadata(out_dir / LAST_NAME).get("epoch")
+            if last_epoch is not None and int(last_epoch) != int(state["epoch"]):
+                raise ValueError(f"cannot resume: {out_dir / LAST_NAME} is from epoch {last_epoch} but {state_path} "
+                                 f"from epoch {state['epoch']} (the run was stopped between the two writes); "
+                                 "start a new run or remove --resume")
+            resumed, _meta = load_weights(out_dir / LAST_NAME, device=device)
+            model.load_state_dict(resumed.state_dict())
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
@@ -390,7 +402,7 @@ def train_iter(model: CellModel, train_samples: Iterable[Sample], val_samples: I
             record["best"] = is_best
             history.append(record)
             save_weights(model, out_dir / LAST_NAME, {"metrics": metrics, "epoch": epoch, "training": training_meta})
-            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else {},
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else {},
                      "rng": {"torch": torch.get_rng_state()}, "epoch": epoch, "best_metric": best_metric,
                      "history": json.dumps(history)}
             buffer = io.BytesIO()
