@@ -48,6 +48,21 @@ def add_arguments(parser):
                         help="output folder (default: next to each input)")
     parser.add_argument("--geojson", action="store_true", help="also write <stem>.geojson (QuPath)")
     parser.add_argument("--sample", action="store_true", help="run on the bundled DSB 2018 sample image")
+    slide = parser.add_argument_group(
+        "whole slides", "SVS / NDPI / pyramidal TIFF / OME-Zarr inputs (and any input with --region or --scheduler) "
+        "are segmented region by region in bounded memory into <stem>.ome.zarr + <stem>_nuclei.csv "
+        "(+ <stem>.geojson)")
+    slide.add_argument("--region", type=int, default=None, metavar="PX",
+                       help="region edge in pixels of the chosen level (default: 2048)")
+    slide.add_argument("--level", type=int, default=None,
+                       help="pyramid level to segment (default: chosen by the model's pixel size and the slide's)")
+    slide.add_argument("--mpp", type=float, default=None,
+                       help="microns per pixel of level 0, when the file does not say (or says wrong)")
+    slide.add_argument("--no-tissue-mask", action="store_true",
+                       help="segment every region (default: skip regions without tissue on bright-field slides)")
+    slide.add_argument("--scheduler", default=None, metavar="local:N|tcp://HOST:PORT",
+                       help="run the regions on dask.distributed: a LocalCluster of N worker processes, or the "
+                            "address of a running scheduler (default: this process)")
 
 
 def _parse_params(items: list[str]) -> dict:
@@ -69,7 +84,9 @@ def _collect_inputs(inputs: list[str]) -> list[Path]:
     paths: list[Path] = []
     for item in inputs:
         path = Path(item).expanduser()
-        if path.is_dir():
+        if path.is_dir() and path.name.lower().endswith(".zarr"):  # a zarr store is one image, not a folder
+            paths.append(path)
+        elif path.is_dir():
             found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
                            and not p.stem.endswith(("_instances", "_classes")))
             if not found:
@@ -168,6 +185,15 @@ def run(args) -> int:
     options = dict(tile=args.tile, batch_size=args.batch_size, device=args.device, tta=args.tta,
                    amp=not args.no_amp, params=params, channel=args.channel, normalize=args.normalize,
                    scale=args.scale)
+    slide_mode = args.region is not None or args.scheduler is not None
+    from ..slide.source import is_slide_path
+
+    slides = [p for p in paths if slide_mode or is_slide_path(p)]
+    paths = [p for p in paths if p not in slides]
+    for path in slides:
+        _segment_slide(model, model_name, path, args, options)
+    if not paths:
+        return 0
     planned = _plan_outputs(paths, args.out, typed, args.geojson, args.overwrite)
     print(f"model {model_name} ({model.family}, {len(paths)} image(s))", file=sys.stderr)
     skipped = []
@@ -216,6 +242,37 @@ def run(args) -> int:
         raise ValueError(f"{len(skipped)} of {len(planned)} image(s) had nothing to segment and were skipped "
                          f"({', '.join(skipped[:3])}{' …' if len(skipped) > 3 else ''}); see the lines above")
     return 0
+
+
+def _segment_slide(model, model_name: str, path: Path, args, options: dict) -> None:
+    """One slide (or large image), region by region, into the output folder."""
+    from ..slide import segment_slide
+
+    out_dir = Path(args.out).expanduser() if args.out else path.parent
+    name = path.name
+    stem = name[: -len(".ome.zarr")] if name.lower().endswith(".ome.zarr") else _output_stem(path)
+    if args.out is None and name.lower().endswith(".zarr"):
+        stem += "_cellzoo"  # next to an input store: never write over (or beside with the same name as) it
+    engine = {k: v for k, v in options.items() if k not in ("channel",)}
+    on_event = _slide_progress(path.name)
+    # workers of a cluster load the model themselves, by its zoo name or file path (shared storage)
+    result = segment_slide(model_name if args.scheduler else model, path, out_dir,
+                           on_event, stem=stem, level=args.level, region=args.region or 2048, mpp=args.mpp,
+                           tissue=not args.no_tissue_mask, geojson=args.geojson, overwrite=args.overwrite,
+                           scheduler=args.scheduler, **engine)
+    where = f", {args.scheduler}" if args.scheduler else ""
+    print(f"{path.name}: {result.count} objects, {result.seconds:.2f} s, {_device_and_precision(result.meta)}{where}, "
+          f"level {result.level} ({result.shape[0]}×{result.shape[1]}), {result.regions} regions"
+          + (f" ({result.skipped} without tissue skipped)" if result.skipped else "") + f" → {result.store}")
+
+
+def _slide_progress(name: str):
+    from ..types import Message
+
+    def on_event(event):
+        if isinstance(event, Message):
+            print(event.text, file=sys.stderr)
+    return on_event
 
 
 def _device_and_precision(meta: dict) -> str:
