@@ -12,6 +12,9 @@ and rasters whose names say they are label maps (``*label*``, ``*mask*``, ``*ins
 ``*class*``; PNG/TIFF); plain image drops go to napari alone, without a dialog.
 ``viewer.open(path, plugin="napari-cellzoo")`` reads those label-named rasters directly.
 
+Whole slides (SVS, NDPI, SCN, BIF, MRXS, QPTIFF; pyramidal TIFFs and ``.zarr`` stores opened with
+this plugin) become a lazy multiscale Image layer (:mod:`cellzoo._napari._slides`).
+
 Annotation files (MoNuSeg/MoNuSAC XML, CoNIC ``.npy``, COCO ``.json``, GeoJSON) and class folders
 (``image.png`` + ``class1.png`` …) are parsed by :mod:`cellzoo.data`; this module only maps the
 results to napari layer tuples.
@@ -60,7 +63,17 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
 
 
 def _reader_for(path: Path) -> Callable[[Path], list[LayerData]] | None:
+    from cellzoo.slide.source import SLIDE_SUFFIXES, is_slide_path
+
     suffix = path.suffix.lower()
+    if suffix in SLIDE_SUFFIXES or (path.is_dir() and path.name.lower().endswith(".zarr")):
+        from ._slides import read_slide
+
+        return read_slide  # lazily, level by level: a slide is never loaded whole
+    if suffix in (".tif", ".tiff") and is_slide_path(path):
+        from ._slides import read_slide
+
+        return read_slide
     if path.is_dir():
         return read_annotation if _is_class_folder(path) else None
     if suffix in IMAGE_SUFFIXES:

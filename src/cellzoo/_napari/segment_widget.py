@@ -11,6 +11,7 @@ user opens or selects.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from cellzoo.types import Message, Progress
 
 from ._layers import class_colors_for, legend_widget, show_segmentation
 from ._scroll import scroll_layout
+from ._slides import add_slide_labels, field_of_view, slide_info
 from ._job_panel import JobPanel
 from ._worker import add_broken_models, mark_field, unreadable_user_models
 
@@ -142,6 +144,16 @@ class SegmentWidget(QWidget):
         self.scope_combo.addItem("current plane", "plane")
         self.scope_combo.addItem("whole stack (each plane on its own)", "stack")
         self.scope_combo.setToolTip("For 3-D or time-lapse images: segment only the plane on screen, or all.")
+        # whole slides (opened lazily by the Cell Zoo reader): what to segment and where the results go
+        self.slide_area = QComboBox()
+        self.slide_area.addItem("field of view (what the canvas shows)", "view")
+        self.slide_area.addItem("whole slide", "all")
+        self.slide_area.addItem("last rectangle of a Shapes layer", "rect")
+        self.slide_area.setToolTip("Slides are segmented region by region in the background, in bounded memory; "
+                                   "the result is a multiscale Labels layer backed by an OME-Zarr store.")
+        self.slide_out = QLineEdit(str(Path.home() / "cellzoo-slides"))
+        self.slide_out.setToolTip("Folder for slide results: <slide>-<time>.ome.zarr, _nuclei.csv and .geojson "
+                                  "(QuPath); nothing is ever overwritten")
 
         self.refresh_button = QPushButton("↻")
         self.refresh_button.setFixedWidth(28)
@@ -150,9 +162,16 @@ class SegmentWidget(QWidget):
         model_row = QHBoxLayout()
         model_row.addWidget(self.model_combo, 1)
         model_row.addWidget(self.refresh_button)
+        self.open_slide_button = QPushButton("Open slide…")
+        self.open_slide_button.setToolTip("Open a whole slide (SVS, NDPI, pyramidal TIFF, OME-Zarr, …) lazily as a "
+                                          "multiscale layer; it is never loaded whole")
+        self.open_slide_button.clicked.connect(self._open_slide_dialog)
+        image_row = QHBoxLayout()
+        image_row.addWidget(self.image_combo, 1)
+        image_row.addWidget(self.open_slide_button)
 
         form = QFormLayout()
-        form.addRow("image", self.image_combo)
+        form.addRow("image", image_row)
         form.addRow("model", model_row)
         form.addRow("device", self.device_combo)
         form.addRow("tile size", self.tile_spin)
@@ -161,6 +180,9 @@ class SegmentWidget(QWidget):
         form.addRow("channel", self.channel_combo)
         form.addRow("normalise", self.normalize_combo)
         form.addRow("planes", self.scope_combo)
+        form.addRow("slide area", self.slide_area)
+        form.addRow("slide results", self.slide_out)
+        self._form = form
 
         self.advanced = QCollapsible("Advanced: post-processing thresholds")
         self._params_box = QWidget()
@@ -221,7 +243,8 @@ class SegmentWidget(QWidget):
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
         self.scale_combo.currentTextChanged.connect(self.validate)
         for signal in (self.device_combo.currentIndexChanged, self.tile_spin.valueChanged,
-                       self.channel_combo.currentIndexChanged, self.scope_combo.currentIndexChanged):
+                       self.channel_combo.currentIndexChanged, self.scope_combo.currentIndexChanged,
+                       self.slide_area.currentIndexChanged, self.slide_out.textChanged):
             signal.connect(self.validate)
         self._on_image_changed()
         self._on_model_changed()
@@ -323,6 +346,9 @@ class SegmentWidget(QWidget):
         self.channel_combo.blockSignals(False)
         is_stack = layer is not None and layer.ndim > 2
         self.scope_combo.setEnabled(is_stack)
+        is_slide = layer is not None and slide_info(layer) is not None
+        for field in (self.slide_area, self.slide_out):
+            self._form.setRowVisible(field, is_slide)
         # fluorescence (gray, not 8-bit) is usually dim: stretch by default
         self.validate()
 
@@ -391,12 +417,17 @@ class SegmentWidget(QWidget):
             reason = "Open an image first (File > Open, or drag it onto the viewer)."
         elif layer.ndim < 2:
             reason = f"{layer.name} is not an image (shape {layer.data.shape})."
-        elif getattr(layer, "multiscale", False):
+        elif getattr(layer, "multiscale", False) and slide_info(layer) is None:
             reason = f"{layer.name} is a multiscale pyramid; open its full-resolution level as its own layer."
         problem, mismatch = self._content_check(layer) if reason is None else (None, None)
         if problem:
             reason = f"{layer.name}: {problem}."
         valid &= mark_field(self.image_combo, reason)
+        if layer is not None and slide_info(layer) is not None:
+            valid &= mark_field(self.slide_area, self._slide_area_problem(layer))
+            folder = self.slide_out.text().strip()
+            valid &= mark_field(self.slide_out, None if folder and not Path(folder).expanduser().is_file()
+                                else "Give a folder for the slide's results.")
         shown = reason if problem else mismatch
         self.warning_label.setText(f"⚠ {shown}" if shown else "")
         self.warning_label.setVisible(bool(shown))
@@ -445,6 +476,16 @@ class SegmentWidget(QWidget):
         """
         from cellzoo.infer.checks import image_problem, modality_warning
 
+        if slide_info(layer) is not None:  # a slide: its coarsest level stands for it (never the whole slide)
+            data = layer.data[-1] if getattr(layer, "multiscale", False) else layer.data
+            key = (id(layer.data), "slide", self.model_combo.currentData())
+            if key not in self._content_checks:
+                pixels = np.asarray(data if max(data.shape[:2]) <= 4096 else data[::8, ::8])
+                info = self._infos.get(self.model_combo.currentData())
+                problem = image_problem(pixels, None)
+                mismatch = modality_warning(pixels, info, None) if info is not None and not problem else None
+                self._content_checks = {key: (problem, mismatch)}
+            return self._content_checks[key]
         stack = layer.ndim > 2 and self.scope_combo.currentData() == "stack"
         plane = self._plane_index(layer) if layer.ndim > 2 else ()
         channel = self.channel_combo.currentData()
@@ -484,11 +525,59 @@ class SegmentWidget(QWidget):
                 "channel": self.channel_combo.currentData(), "normalize": self.normalize_combo.currentData(),
                 "params": self.params(), "scope": self.scope_combo.currentData()}
 
+    def open_slide(self, path: str | Path):
+        """Add ``path`` as a lazy multiscale Image layer (selected here)."""
+        from ._slides import slide_levels
+
+        data, kwargs = slide_levels(path)
+        return self.viewer.add_image(data, **kwargs)
+
+    def _open_slide_dialog(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getOpenFileName(self, "Open a whole slide", str(Path.home()),
+                                              "Slides (*.svs *.ndpi *.scn *.bif *.mrxs *.qptiff *.tif *.tiff "
+                                              "*.zgroup *.zattrs zarr.json);;All files (*)")
+        if path:
+            target = Path(path)
+            if target.name in (".zgroup", ".zattrs", "zarr.json"):  # a zarr store is a folder: pick its marker
+                target = target.parent
+            try:
+                self.open_slide(target)
+            except (OSError, ValueError) as exc:
+                self.status_label.setText(f"Could not open {target.name}: {exc}")
+
+    def _slide_area_problem(self, layer) -> str | None:
+        if self.slide_area.currentData() == "rect" and self._drawn_rectangle(layer) is None:
+            return "Draw a rectangle in a Shapes layer first (or choose the field of view / whole slide)."
+        return None
+
+    def _drawn_rectangle(self, layer) -> tuple[int, int, int, int] | None:
+        """(y0, x0, y1, x1) in level-0 pixels of the last rectangle of the newest Shapes layer."""
+        from napari.layers import Shapes
+
+        for shapes in reversed(list(self.viewer.layers)):
+            if isinstance(shapes, Shapes) and len(shapes.data):
+                corners = np.asarray([layer.world_to_data(shapes.data_to_world(v)) for v in shapes.data[-1]])
+                y0, x0 = corners[:, -2:].min(axis=0) if not layer.rgb else corners[:, :2].min(axis=0)
+                y1, x1 = corners[:, -2:].max(axis=0) if not layer.rgb else corners[:, :2].max(axis=0)
+                return int(y0), int(x0), int(np.ceil(y1)), int(np.ceil(x1))
+        return None
+
+    def _slide_bounds(self, layer) -> tuple[int, int, int, int] | None:
+        area = self.slide_area.currentData()
+        if area == "all":
+            return None
+        return self._drawn_rectangle(layer) if area == "rect" else field_of_view(layer)
+
     def run(self) -> None:
         if not self.validate():
             return
         layer = self.image_layer
         settings = self.settings()
+        if slide_info(layer) is not None:
+            self._run_slide(layer, settings)
+            return
         whole_stack = layer.ndim > 2 and settings["scope"] == "stack"
         plane = () if whole_stack else self._plane_index(layer)
         data = layer.data
@@ -514,6 +603,40 @@ class SegmentWidget(QWidget):
             cancelled_text="Cancelled; no layers were changed.",
             oom_advice=(f"the {settings['device']} device has not enough memory for this image with {tile}; "
                         "choose a smaller tile size (or the CPU device) and run again"))
+
+    def _run_slide(self, layer, settings: dict) -> None:
+        """A slide: region by region in the worker thread, into an OME-Zarr store; never the whole slide
+        in memory."""
+        import time
+
+        bounds = self._slide_bounds(layer)
+        out_dir = Path(self.slide_out.text().strip()).expanduser()
+        stem = f"{layer.name}-{time.strftime('%Y%m%d-%H%M%S')}"  # a new name per run: nothing is overwritten
+        path = slide_info(layer)["path"]
+        request = {"layer": layer.name, "settings": settings, "slide": True, "bounds": bounds}
+        area = "the whole slide" if bounds is None else f"{bounds[2] - bounds[0]}×{bounds[3] - bounds[1]} px"
+
+        def job(cancel):
+            from cellzoo.slide import segment_slide_iter
+
+            name = settings["model"]
+            if name not in self._models:
+                yield Progress("loading model", 0, 0, name)
+                from cellzoo.infer import resolve_model
+
+                self._models[name] = resolve_model(name)
+            model = self._models[name]
+            result = yield from segment_slide_iter(
+                model, path, out_dir, stem=stem, bounds=bounds, device=settings["device"], tile=settings["tile"],
+                tta=settings["tta"], params=settings["params"], normalize=settings["normalize"],
+                scale=settings["scale"] if settings["scale"] not in (None, "auto") else None, cancel=cancel)
+            return {"request": request, "slide_result": result, "class_names": model.class_names}
+
+        self._job = self.jobs.start(
+            job, description=f"Segmenting {layer.name}", status=f"Segmenting {area} of {layer.name} with "
+            f"{settings['model']} …", on_event=self._on_event, on_returned=self._apply, on_finished=self._finished,
+            cancelled_text="Cancelled; no layers were changed and no result files were kept.",
+            oom_advice="choose a smaller tile size (or the CPU device) and run again")
 
     def _segment(self, pixels: np.ndarray, request: dict, cancel):
         """Runs in the worker thread: load the model (once), then the engine generator."""
@@ -551,6 +674,9 @@ class SegmentWidget(QWidget):
 
     def _apply(self, output: dict) -> None:
         """Main thread: turn the Instances into the two Labels layers."""
+        if "slide_result" in output:
+            self._apply_slide(output)
+            return
         request, results = output["request"], output["results"]
         if request["layer"] not in self.viewer.layers:
             raise ValueError(f"the image layer {request['layer']!r} was closed while it was being segmented; "
@@ -607,6 +733,20 @@ class SegmentWidget(QWidget):
         self.last_result = {"instances_layer": inst.name, "count": count, "device": meta.get("device"),
                             "results": results}
         self.viewer.layers.selection.active = inst
+
+    def _apply_slide(self, output: dict) -> None:
+        request, result = output["request"], output["slide_result"]
+        if request["layer"] not in self.viewer.layers:
+            raise ValueError(f"the slide layer {request['layer']!r} was closed while it was being segmented; its "
+                             f"results are in {result.store}")
+        layer = self.viewer.layers[request["layer"]]
+        labels = add_slide_labels(self.viewer, layer, result.store, output["class_names"], result)
+        self.status_label.setText(f"{result.count} nuclei in {result.seconds:.1f} s, {result.regions} region(s)"
+                                  + (f" ({result.skipped} without tissue skipped)" if result.skipped else "")
+                                  + f"; results in {result.store.parent}")
+        self.device_label.setText(f"device used: {result.meta.get('device', '?')}")
+        self.last_result = {"instances_layer": labels.name, "count": result.count, "device": result.meta.get("device"),
+                            "slide_result": result}
 
     @staticmethod
     def _plane_arrays(result, offset: int, prepared=None):

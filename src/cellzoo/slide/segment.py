@@ -77,21 +77,27 @@ class SlideResult:
 
 
 def plan_regions(shape: tuple[int, int], region: int = DEFAULT_REGION, margin: int = DEFAULT_MARGIN,
-                 mask: np.ndarray | None = None, mask_per_pixel: float = 1.0, align: int = 1) -> tuple[list[Region], int]:
+                 mask: np.ndarray | None = None, mask_per_pixel: float = 1.0, align: int = 1,
+                 bounds: tuple[int, int, int, int] | None = None) -> tuple[list[Region], int]:
     """Regions covering ``shape`` (level pixels) and how many were skipped for lack of tissue.
     ``mask_per_pixel``: level pixels per mask pixel. ``align``: windows start on multiples of it — the
     model's total stride, since a strided network sees the same pixels differently when they are shifted
-    by anything else (the engine's own tiles are aligned the same way)."""
+    by anything else (the engine's own tiles are aligned the same way). ``bounds``: (y0, x0, y1, x1), only
+    this part of the level (a field of view, a drawn rectangle); margins may reach beyond it."""
     if region < 64:
         raise ValueError(f"region must be at least 64 px; got {region}")
     region = max(align, region // align * align)
     if margin < 0:
         raise ValueError(f"margin must be >= 0; got {margin}")
     height, width = shape
+    by0, bx0, by1, bx1 = (0, 0, height, width) if bounds is None else (
+        max(0, int(bounds[0])), max(0, int(bounds[1])), min(height, int(bounds[2])), min(width, int(bounds[3])))
+    if by1 <= by0 or bx1 <= bx0:
+        raise ValueError(f"the area to segment {bounds} lies outside the image ({height}×{width})")
     regions, skipped = [], 0
-    for y0 in range(0, height, region):
-        for x0 in range(0, width, region):
-            y1, x1 = min(y0 + region, height), min(x0 + region, width)
+    for y0 in range(by0, by1, region):
+        for x0 in range(bx0, bx1, region):
+            y1, x1 = min(y0 + region, by1), min(x0 + region, bx1)
             if mask is not None:
                 my0, mx0 = int(y0 / mask_per_pixel), int(x0 / mask_per_pixel)
                 my1, mx1 = int(math.ceil(y1 / mask_per_pixel)), int(math.ceil(x1 / mask_per_pixel))
@@ -330,13 +336,15 @@ def _local_results(model, slide, level, regions, scale, options, cancel) -> Iter
 def segment_slide_iter(model, slide, out_dir: str | os.PathLike, *, stem: str | None = None, level: int | None = None,
                        region: int = DEFAULT_REGION, margin: int | None = None, tissue: bool = True,
                        geojson: bool = False, overwrite: bool = False, scheduler: str | None = None,
-                       mpp: float | None = None, cancel=None, **options) -> Generator[Any, None, SlideResult]:
+                       mpp: float | None = None, bounds: tuple[int, int, int, int] | None = None, cancel=None,
+                       **options) -> Generator[Any, None, SlideResult]:
     """Segment a slide (path, array, :class:`SlideSource`) region by region into ``out_dir``; yields
     ``Progress("regions", done, total)`` and returns :class:`SlideResult`. ``level``: pyramid level (default:
     by the model's ``pixel_size_um`` vs the slide's microns per pixel, :func:`choose_level`); ``margin``:
     default from the model's declared nucleus area (3 diameters, at least 64 px); ``tissue``: skip regions
     without tissue (bright-field); ``scheduler``: ``"local:N"`` (a LocalCluster of N single-threaded worker
-    processes) or a dask scheduler address; ``options``: :func:`cellzoo.infer.segment_iter` options."""
+    processes) or a dask scheduler address; ``bounds``: (y0, x0, y1, x1) in level-0 pixels, only the nuclei
+    centred there (a field of view); ``options``: :func:`cellzoo.infer.segment_iter` options."""
     from ..infer.engine import resolve_model
 
     started = time.perf_counter()
@@ -360,7 +368,9 @@ def segment_slide_iter(model, slide, out_dir: str | os.PathLike, *, stem: str | 
     mask, per_mask = (tissue_mask(source) if tissue else (None, 1.0))
     level_per_mask = per_mask / source.downsamples[chosen_level]
     align = int(getattr(model, "size_divisor", 1) or 1) if scale == 1.0 else 1
-    regions, skipped = plan_regions(shape, region, margin, mask, level_per_mask, align)
+    level_bounds = None if bounds is None else tuple(
+        int(round(v / source.downsamples[chosen_level])) for v in bounds)
+    regions, skipped = plan_regions(shape, region, margin, mask, level_per_mask, align, level_bounds)
     yield Message(f"{source.name}: level {chosen_level} ({shape[0]}×{shape[1]} px"
                   + (f", {source.level_mpp(chosen_level):.3f} µm/px" if source.mpp else ", pixel size unknown")
                   + f"), scale {scale:.2f}; {len(regions)} region(s) of {region} px with a {margin}-px margin"
