@@ -58,10 +58,14 @@ def test_a_slide_opens_lazily_and_a_drawn_rectangle_is_segmented(make_napari_vie
     assert ys.max() < 300 + 40 and xs.max() < 400 + 40 and labels[600:, 600:].max() == 0
 
     widget.slide_area.setCurrentIndex(widget.slide_area.findData("all"))
+    inserted = []
+    viewer.layers.events.inserted.connect(lambda event: inserted.append(event.value.name))
     whole = _run(widget, qtbot)
+    # the store was shown while it was written, then replaced by the finished one
+    assert inserted == ["biopsy instances (in progress)", "biopsy instances"]
     assert whole["count"] > 3 * result["count"]
     assert whole["slide_result"].store != result["slide_result"].store  # a new store per run: nothing overwritten
-    assert len(viewer.layers) == 3  # slide, rectangle, one instances layer (replaced)
+    assert [layer.name for layer in viewer.layers] == ["biopsy", "area", "biopsy instances"]
 
 
 def test_the_reader_opens_a_pyramidal_tiff_as_a_slide(slide_file):
@@ -69,3 +73,22 @@ def test_the_reader_opens_a_pyramidal_tiff_as_a_slide(slide_file):
     assert reader is not None
     (data, kwargs, kind), = reader(str(slide_file))
     assert kind == "image" and kwargs["multiscale"] and len(data) == 3 and kwargs["scale"] == (0.25, 0.25)
+
+
+def test_cancel_leaves_no_layer_and_no_files(make_napari_viewer, qtbot, slide_file, tmp_path):
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.open_slide(slide_file)
+    out = tmp_path / "results"
+    widget.slide_out.setText(str(out))
+    widget.slide_area.setCurrentIndex(widget.slide_area.findData("all"))
+    widget.device_combo.setCurrentText("cpu")
+    widget.run()
+    qtbot.waitUntil(lambda: any("in progress" in layer.name for layer in viewer.layers), timeout=120_000)
+    widget.cancel()
+    assert widget.run_button.isEnabled()  # ready at once
+    qtbot.waitUntil(lambda: widget._job.thread_done, timeout=120_000)
+    qtbot.wait(200)
+    assert [layer.name for layer in viewer.layers] == ["biopsy"]
+    assert not out.exists() or list(out.iterdir()) == []

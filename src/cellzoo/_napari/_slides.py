@@ -79,7 +79,7 @@ def field_of_view(layer) -> tuple[int, int, int, int]:
     return (int(y0 * factor), int(x0 * factor), int(np.ceil((y1 + 1) * factor)), int(np.ceil((x1 + 1) * factor)))
 
 
-def add_slide_labels(viewer, image_layer, store: Path, class_names: list[str], result) -> Any:
+def add_slide_labels(viewer, image_layer, store: Path, class_names: list[str], result, name: str | None = None) -> Any:
     """A (multiscale) Labels layer backed by the result's zarr store, aligned with the slide layer."""
     import zarr
 
@@ -88,7 +88,7 @@ def add_slide_labels(viewer, image_layer, store: Path, class_names: list[str], r
     info = slide_info(image_layer) or {}
     downsample = float((info.get("downsamples") or [1.0])[result.level])
     scale = tuple(float(s) * downsample for s in image_layer.scale[-2:])
-    name = f"{image_layer.name} instances"
+    name = name or f"{image_layer.name} instances"
     if name in viewer.layers:
         viewer.layers.remove(name)
     return viewer.add_labels(levels if len(levels) > 1 else levels[0], name=name, scale=scale,

@@ -111,6 +111,8 @@ class SegmentWidget(QWidget):
         self._defaults: dict[str, dict] = {}       # name -> default post-processing params
         self._param_fields: dict[str, QWidget] = {}
         self.last_result: dict[str, Any] | None = None
+        self._partial = None  # the slide result's layer while regions are being written
+        self._partial_refreshed = 0.0
 
         self.image_combo = QComboBox()
         self.image_combo.setToolTip("The image layer to segment.")
@@ -664,12 +666,38 @@ class SegmentWidget(QWidget):
         # Progress goes to the panel's bar; the status line keeps the messages
         if isinstance(event, Message):
             self.status_label.setText(event.text)
+        elif type(event).__name__ == "SlideStore":
+            self._show_partial_slide(event)
+        elif isinstance(event, Progress) and event.stage == "regions" and self._partial is not None:
+            import time
+
+            if time.monotonic() - self._partial_refreshed > 1.0:  # at most once a second: napari re-reads
+                self._partial_refreshed = time.monotonic()
+                self._partial.refresh()
+
+    def _show_partial_slide(self, event) -> None:
+        """The slide's label store while it is being written: regions appear as they are done."""
+        layer = self.image_layer
+        if layer is None or slide_info(layer) is None:
+            return
+        from types import SimpleNamespace
+
+        self._partial = add_slide_labels(self.viewer, layer, event.path, [], SimpleNamespace(level=event.level),
+                                         name=f"{layer.name} instances (in progress)")
+        self._partial_refreshed = 0.0
+        self.viewer.layers.selection.active = layer  # the image stays the one to segment
+
+    def _drop_partial(self) -> None:
+        if self._partial is not None and self._partial in self.viewer.layers:
+            self.viewer.layers.remove(self._partial)
+        self._partial = None
 
     def cancel(self) -> None:
         """Cancel button: ready again at once; the thread stops at its next tile or stage."""
         self.jobs.cancel()
 
     def _finished(self, job) -> None:
+        self._drop_partial()  # done, failed or cancelled: the final store (if any) has its own layer now
         self.validate()
 
     def _apply(self, output: dict) -> None:

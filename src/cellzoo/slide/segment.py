@@ -61,6 +61,16 @@ class RegionResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SlideStore:
+    """Yielded once the label store exists (under its temporary name): a viewer can show it and refresh it
+    as regions arrive; it moves to its final name when the run ends."""
+
+    path: Path
+    level: int
+    downsample: float
+
+
 @dataclass
 class SlideResult:
     store: Path | None
@@ -203,6 +213,7 @@ class SlideWriter:
         self.labels = self.root.create_array("0", shape=self.shape, chunks=(CHUNK, CHUNK), dtype="int32",
                                              fill_value=0)
         self.next_id = 1
+        self._create_pyramid()
         self.rows = io.StringIO()
         self.table = csv.writer(self.rows)
         self.table.writerow(["id", "class", "class_name", "area_px", "area_um2", "centroid_y", "centroid_x",
@@ -224,6 +235,7 @@ class SlideWriter:
         free = mine & (current == 0)  # pixels of a nucleus kept by an earlier region stay its own
         current[free] = result.labels[free] + (self.next_id - 1)
         self.labels[y0:y1, x0:x1] = current
+        self._update_pyramid(result.window)
         ids = np.arange(self.next_id, self.next_id + n)
         scale = self.downsample
         pixel_um2 = (self.mpp * scale) ** 2 if self.mpp else None
@@ -257,32 +269,34 @@ class SlideWriter:
             self.geojson_file.write(("" if self.first_feature else ",\n") + json.dumps(feature))
             self.first_feature = False
 
-    def _pyramid(self, min_side: int = 256) -> list[dict[str, Any]]:
-        """Levels 1.. by 2× nearest-neighbour subsampling (label ids must not be blended), band by band."""
-        datasets = [self._dataset("0", 1)]
-        source, factor, index = self.labels, 1, 0
-        while min(source.shape) > min_side:
+    def _create_pyramid(self, min_side: int = 256) -> None:
+        """Levels 1.. (each half the one before, down to ``min_side``), empty until regions arrive: the store
+        is a valid multiscale OME-Zarr from the start, so a viewer can show results as they are written."""
+        self.levels = [self.labels]
+        shape, index = self.shape, 0
+        while min(shape) > min_side:
             index += 1
-            factor *= 2
-            shape = (math.ceil(source.shape[0] / 2), math.ceil(source.shape[1] / 2))
-            target = self.root.create_array(str(index), shape=shape, chunks=(CHUNK, CHUNK), dtype="int32",
-                                            fill_value=0)
-            band = 2 * CHUNK  # even: band starts map to whole target rows
-            for y in range(0, source.shape[0], band):
-                rows = source[y:y + band][::2, ::2]
-                target[y // 2:y // 2 + rows.shape[0]] = rows
-            datasets.append(self._dataset(str(index), factor))
-            source = target
-        return datasets
+            shape = (math.ceil(shape[0] / 2), math.ceil(shape[1] / 2))
+            self.levels.append(self.root.create_array(str(index), shape=shape, chunks=(CHUNK, CHUNK),
+                                                      dtype="int32", fill_value=0))
+        self._write_metadata()
 
-    def _dataset(self, path: str, factor: int) -> dict[str, Any]:
-        pixel = (self.mpp or 1.0) * self.downsample * factor
-        return {"path": path, "coordinateTransformations": [{"type": "scale", "scale": [pixel, pixel]}]}
+    def _update_pyramid(self, window: tuple[int, int, int, int]) -> None:
+        """Levels 1.. over ``window`` from level 0 by 2^L nearest-neighbour subsampling (label ids must not
+        be blended); the window is widened to whole level-L pixels."""
+        y0, x0, y1, x1 = window
+        height, width = self.shape
+        for level, target in enumerate(self.levels[1:], start=1):
+            f = 2 ** level
+            ry0, rx0 = y0 // f * f, x0 // f * f
+            ry1, rx1 = min(height, -(-y1 // f) * f), min(width, -(-x1 // f) * f)
+            block = self.labels[ry0:ry1:f, rx0:rx1:f]
+            target[ry0 // f:ry0 // f + block.shape[0], rx0 // f:rx0 // f + block.shape[1]] = block
 
-    def finish(self) -> dict[str, Path]:
+    def _write_metadata(self) -> None:
         # OME-Zarr 0.4 metadata written here: the ome-zarr package is not a dependency for this one JSON
         # block, and zarr writes the arrays themselves
-        datasets = self._pyramid()
+        datasets = [self._dataset(str(i), 2 ** i) for i in range(len(self.levels))]
         unit = "micrometer" if self.mpp else None
         axes = [{"name": n, "type": "space", **({"unit": unit} if unit else {})} for n in ("y", "x")]
         self.root.attrs.update({
@@ -291,6 +305,13 @@ class SlideWriter:
             "image-label": {"version": "0.4", "colors": [], "source": {"image": "../../"}},
             "cellzoo": {"class_names": self.class_names, "instances": self.next_id - 1},
         })
+
+    def _dataset(self, path: str, factor: int) -> dict[str, Any]:
+        pixel = (self.mpp or 1.0) * self.downsample * factor
+        return {"path": path, "coordinateTransformations": [{"type": "scale", "scale": [pixel, pixel]}]}
+
+    def finish(self) -> dict[str, Path]:
+        self._write_metadata()
         from .._atomic import atomic_write_text
 
         self._replace_dir(self.store_tmp, self.paths["store"])
@@ -379,6 +400,7 @@ def segment_slide_iter(model, slide, out_dir: str | os.PathLike, *, stem: str | 
                          class_names=list(getattr(model, "class_names", ["background", "nucleus"])),
                          geojson=geojson, overwrite=overwrite)
     meta: dict[str, Any] = {}
+    yield SlideStore(writer.store_tmp, chosen_level, source.downsamples[chosen_level])
     try:
         if scheduler:
             from .distributed import distributed_results
