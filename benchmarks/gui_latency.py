@@ -222,6 +222,20 @@ class Bench:
             self.viewer.layers.remove(layer["l"])
             wait(200)
 
+    def reference_result_layer(self) -> None:
+        """napari alone (no cellzoo code): add a copy of the result as a Labels layer with outlines
+        (contour 2, as the Segment widget shows it) and wait 2 s — the floor of showing such a result."""
+        name = next((layer.name for layer in self.viewer.layers if layer.name.endswith(" instances")), None)
+        if name is None:
+            return
+        labels = np.asarray(self.viewer.layers[name].data).copy()
+        made = {}
+        self.measure(f"reference: napari adds a {labels.shape[0]}² Labels layer (contour 2)",
+                     lambda: made.setdefault("l", self.viewer.add_labels(labels, name="reference", contour=2)),
+                     settle_ms=2000, note="napari only")
+        self.viewer.layers.remove(made["l"])
+        wait(500)
+
     # --------------------------------------------------------------- segment
     def segment(self, image: np.ndarray) -> None:
         from cellzoo._napari.correct_widget import CorrectWidget
@@ -551,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.ground_truth(image, mosaic_labels(args.size))
     else:
         bench.segment(image)
+        bench.reference_result_layer()
     if not args.skip_correct:
         bench.correct()
     if not args.skip_cancel:

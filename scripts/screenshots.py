@@ -8,6 +8,8 @@
 - evaluate.png: a DSB 2018 test image segmented by cellzoo-fluo, scored against its ground truth.
 - finetune.png: Fine-tune docked under Segment, cellzoo-fluo tuned for a few steps on two DSB train
   images (a private model folder, so nothing is added to yours).
+- slide.png: a pyramidal TIFF made from four MoNuSeg test images opened lazily with "Open slide…", the field
+  of view segmented region by region into an OME-Zarr store, shown as multiscale Labels.
 
 Jobs run synchronously (CELLZOO_SYNC_WORKERS=1), so each shot shows a finished result.
 """
@@ -25,7 +27,7 @@ os.environ["CELLZOO_SYNC_WORKERS"] = "1"
 os.environ.setdefault("CELLZOO_MODELS", tempfile.mkdtemp(prefix="cellzoo-screenshot-models-"))
 
 WINDOW = (1500, 900)
-SHOTS = ("segment", "correct", "evaluate", "finetune")
+SHOTS = ("segment", "correct", "evaluate", "finetune", "slide")
 
 
 def _settle(app, rounds: int = 30) -> None:
@@ -165,6 +167,40 @@ def shoot_finetune(out: Path, app, data: Path, steps: int) -> None:
     viewer.close()
 
 
+def shoot_slide(out: Path, app, data: Path) -> None:
+    import tifffile
+
+    from cellzoo._napari.segment_widget import SegmentWidget
+    from cellzoo.data.io import read_image
+
+    names = sorted((data / "monuseg2018/images/test").glob("*.png"))[:4]
+    tiles = [read_image(n)[:1000, :1000, :3] for n in names]
+    mosaic = np.concatenate([np.concatenate(tiles[:2], 1), np.concatenate(tiles[2:], 1)], 0)
+    folder = Path(tempfile.mkdtemp(prefix="cellzoo-screenshot-slide-"))
+    path = folder / "biopsy.tif"
+    opts = dict(tile=(256, 256), photometric="rgb", compression="zlib", resolutionunit="CENTIMETER")
+    with tifffile.TiffWriter(path) as tif:  # a small pyramidal TIFF: 0.25 µm/px, three levels
+        tif.write(mosaic, subifds=2, resolution=(4e4, 4e4), **opts)
+        for step in (2, 4):
+            tif.write(mosaic[::step, ::step], subfiletype=1, resolution=(4e4 / step,) * 2, **opts)
+    viewer = _new_viewer()
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Segment (Cell Zoo)", area="right")
+    layer = widget.open_slide(path)
+    widget.model_combo.setCurrentIndex(widget.model_combo.findData("cellzoo-he"))
+    widget.slide_out.setText(str(folder / "results"))
+    viewer.camera.center = (0, 1000 * 0.25, 1000 * 0.25)
+    viewer.camera.zoom = viewer.camera.zoom * 2.5
+    _settle(app)
+    widget.run()
+    _settle(app)
+    viewer.layers.selection.active = viewer.layers[f"{layer.name} instances"]
+    _settle(app)
+    viewer.window.screenshot(str(out / "slide.png"), canvas_only=False)
+    print("slide:", widget.status_label.text())
+    viewer.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
@@ -193,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         shoot_evaluate(args.out, app, data)
     if "finetune" in which:
         shoot_finetune(args.out, app, data, args.steps)
+    if "slide" in which:
+        shoot_slide(args.out, app, data)
     return 0
 
 

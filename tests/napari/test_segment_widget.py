@@ -94,7 +94,9 @@ def test_threaded_run_outputs_both_layers(make_napari_viewer, qtbot, tiny_model,
     np.testing.assert_allclose(cls.colormap.map(0)[3], 0.0)
     legend = [w.text() for w in widget.legend_box.findChildren(type(widget.status_label)) if w.objectName()]
     assert legend == [f"{k}  {name}" for k, name in enumerate(CONSEP_NAMES[1:], start=1)]
-    assert widget.device_label.text() == "device used: cpu"
+    # what ran, precision included (bf16 only on CPUs with native bf16)
+    assert widget.device_label.text() == f"device used: cpu, {widget.last_result['results'][0].meta['precision']}"
+    assert widget.device_label.text() in ("device used: cpu, bf16", "device used: cpu, fp32")
     assert f"{expected.count} instances" in widget.status_label.text()
 
 

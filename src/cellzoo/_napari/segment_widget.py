@@ -756,7 +756,8 @@ class SegmentWidget(QWidget):
         self.status_label.setText(f"{count} instances in {seconds:.1f} s with {settings['model']}"
                                   + (f" · {len(results)} planes" if len(results) > 1 else "")
                                   + (f" · scale {', '.join(f'{v:.2f}' for v in scales)}" if scales != [1.0] else ""))
-        self.device_label.setText(f"device used: {meta.get('device', '?')}")
+        precision = meta.get("precision")
+        self.device_label.setText(f"device used: {meta.get('device', '?')}" + (f", {precision}" if precision else ""))
         self._show_legend(class_names, class_colors)
         self.last_result = {"instances_layer": inst.name, "count": count, "device": meta.get("device"),
                             "results": results}
@@ -772,7 +773,8 @@ class SegmentWidget(QWidget):
         self.status_label.setText(f"{result.count} nuclei in {result.seconds:.1f} s, {result.regions} region(s)"
                                   + (f" ({result.skipped} without tissue skipped)" if result.skipped else "")
                                   + f"; results in {result.store.parent}")
-        self.device_label.setText(f"device used: {result.meta.get('device', '?')}")
+        precision = result.meta.get("precision")
+        self.device_label.setText(f"device used: {result.meta.get('device', '?')}" + (f", {precision}" if precision else ""))
         self.last_result = {"instances_layer": labels.name, "count": result.count, "device": result.meta.get("device"),
                             "slide_result": result}
 
