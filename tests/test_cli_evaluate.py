@@ -49,7 +49,7 @@ def test_cli_values_equal_reference(perturbed_folder, tmp_path: Path, capsys):
         rows = list(csv.DictReader(fh))
     assert len(rows) == N_IMAGES
     assert list(rows[0]) == ["image", "aji", "aji_plus", "dice", "dq", "sq", "pq", "f1_50", "dsb_ap50",
-                             "ap", "ap50", "ap75"]
+                             "ap", "ap50", "ap75", "tp_50", "fp_50", "fn_50", "iou_sum_50"]
     expected = {k: [] for k in ("aji", "aji_plus", "dice", "dq", "sq", "pq")}
     for row in rows:
         gt = read_labels(gt_dir / f"{row['image']}.png")

@@ -114,3 +114,30 @@ def test_real_folder_against_itself_is_perfect(shared_data: Path):
     for key in ("aji", "aji_plus", "dice", "dq", "sq", "pq", "f1_50", "dsb_ap50", "ap", "ap50", "ap75"):
         assert result.summary[key] == pytest.approx(1.0), key
     assert not any(math.isnan(v) for v in result.per_image[0].values() if isinstance(v, float))
+
+
+def test_pooled_figures_sum_the_counts_over_images_before_dividing():
+    """Pooled DSB AP@0.5 = ΣTP / Σ(TP + FP + FN) (StarDist's protocol) differs from the per-image mean when
+    images hold different numbers of objects; both are in the summary and the printed table."""
+    from cellzoo.metrics.evaluate import evaluate
+
+    def disks(n, missing):
+        gt = np.zeros((64, 64 * n), np.int32)
+        for k in range(n):
+            gt[20:40, 64 * k + 20:64 * k + 40] = k + 1
+        pred = gt.copy()
+        for k in range(missing):
+            pred[pred == k + 1] = 0
+        return gt, pred
+
+    big_gt, big_pred = disks(9, 0)     # 9 of 9 found: AP 1.0
+    small_gt, small_pred = disks(1, 1)  # 0 of 1 found: AP 0.0
+    result = evaluate([big_gt, small_gt], [big_pred, small_pred])
+    s = result.summary
+    assert s["dsb_ap50"] == pytest.approx(0.5)          # mean of 1.0 and 0.0
+    assert s["pooled_dsb_ap50"] == pytest.approx(9 / 10)  # 9 TP, 1 FN
+    assert s["pooled_f1_50"] == pytest.approx(2 * 9 / (2 * 9 + 1))
+    assert s["pooled_sq"] == pytest.approx(1.0) and s["pooled_pq"] == pytest.approx(9 / 9.5)
+    assert [r["tp_50"] for r in result.per_image] == [9, 0] and [r["fn_50"] for r in result.per_image] == [0, 1]
+    text = result.format_table()
+    assert "pooled over images" in text and "pooled_dsb_ap50" in text

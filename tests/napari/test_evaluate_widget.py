@@ -63,9 +63,12 @@ def test_threaded_layer_evaluation_matches_hand_computed_pq(widget, qtbot, monke
     expected_pq = tp / (tp + 0.5 * 10)
     row = w.result.per_image[0]
     assert row["pq"] == pytest.approx(expected_pq) and row["sq"] == pytest.approx(1.0)
-    # table: one image row + the bold summary row; the chart shows the summary
-    assert w.table.rowCount() == 2 and w.table.item(1, 0).text() == "summary"
+    # table: one image row + the bold mean and pooled rows; the chart shows the mean
+    assert w.table.rowCount() == 3 and w.table.item(1, 0).text() == "mean over images"
+    assert w.table.item(2, 0).text() == "pooled"
     headers = [w.table.horizontalHeaderItem(c).text() for c in range(w.table.columnCount())]
+    assert not any(h.startswith("pooled_") for h in headers)  # pooled figures sit in their metric's column
+    assert float(w.table.item(2, headers.index("dsb_ap50")).text()) == pytest.approx(tp / n, abs=1e-4)
     assert float(w.table.item(0, headers.index("pq")).text()) == pytest.approx(expected_pq, abs=1e-4)
     assert w.chart.values["pq"] == pytest.approx(expected_pq)
     assert w.run_button.isEnabled() and not w.cancel_button.isEnabled()
@@ -132,7 +135,7 @@ def test_folders_with_classes_give_per_class_pq(widget, monkeypatch, tmp_path, s
         tp = removed[r["image"]] - 1
         assert r["pq"] == pytest.approx(tp / (tp + 0.5))
     assert 0.9 < w.result.summary["mpq_plus"] < 1.0
-    assert "pq_epithelial" in w.result.summary and w.table.rowCount() == 4
+    assert "pq_epithelial" in w.result.summary and w.table.rowCount() == 5  # 3 images, mean, pooled
 
 
 def test_missing_prediction_files_are_reported_before_run(widget, tmp_path, shared_data):

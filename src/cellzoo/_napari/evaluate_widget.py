@@ -473,7 +473,13 @@ class EvaluateWidget(QWidget):
         if "image" in columns:
             columns.remove("image")
         columns.insert(0, "image")
-        table_rows = [*rows, {"image": "summary", **{k: v for k, v in summary.items() if k != "image"}}]
+        # two summary rows: the mean over images (DSB challenge, HoVer-Net) and the counts pooled over all
+        # images first (StarDist, COCO-style papers), each in the columns of its metric
+        pooled = {key.removeprefix("pooled_"): summary.pop(key) for key in list(summary) if key.startswith("pooled_")}
+        columns = [c for c in columns if not c.startswith("pooled_")]
+        table_rows = [*rows, {"image": "mean over images", **{k: v for k, v in summary.items() if k != "image"}}]
+        if pooled:
+            table_rows.append({"image": "pooled", **pooled})
         self.table.clear()
         self.table.setColumnCount(len(columns))
         self.table.setRowCount(len(table_rows))
@@ -483,14 +489,15 @@ class EvaluateWidget(QWidget):
                 item = QTableWidgetItem(_format(row.get(column, "")))
                 if column != "image":
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-                if r == len(table_rows) - 1:
+                if r >= len(rows):
                     font = item.font()
                     font.setBold(True)
                     item.setFont(font)
                 self.table.setItem(r, c, item)
         chart = {k: float(v) for k, v in summary.items()
                  if k.lower() in CHART_METRICS and isinstance(v, (int, float, np.floating, np.integer))}
-        self.chart.show_values(chart, title=f"summary over {len(rows)} image(s)")
+        self.chart.show_values(chart, title=f"mean over {len(rows)} image(s)"
+                               + (f" · pooled DSB AP@0.5 {pooled['dsb_ap50']:.3f}" if "dsb_ap50" in pooled else ""))
         self.status.setText(f"Evaluated {len(rows)} image(s).")
         self.export_button.setEnabled(True)
 

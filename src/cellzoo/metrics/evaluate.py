@@ -27,9 +27,15 @@ from .instance import aji, aji_plus, detection_scores, dice, panoptic_quality
 from .overlap import check_label_pair, overlap_table
 
 #: CSV columns for every image, in order (``pq_<class>`` columns follow when classes are given).
-COLUMNS = ("image", "aji", "aji_plus", "dice", "dq", "sq", "pq", "f1_50", "dsb_ap50", "ap", "ap50", "ap75")
+COLUMNS = ("image", "aji", "aji_plus", "dice", "dq", "sq", "pq", "f1_50", "dsb_ap50", "ap", "ap50", "ap75",
+           "tp_50", "fp_50", "fn_50", "iou_sum_50")
 #: per-image columns averaged over images in the summary
 MEAN_COLUMNS = ("aji", "aji_plus", "dice", "dq", "sq", "pq", "f1_50", "dsb_ap50")
+#: per-image counts at IoU > 0.5 (CSV columns) from which the pooled figures are summed
+COUNT_COLUMNS = ("tp_50", "fp_50", "fn_50", "iou_sum_50")
+#: dataset-level figures from the counts summed over all images first (StarDist's and COCO-style papers'
+#: protocol), next to the per-image means (the DSB 2018 challenge's and HoVer-Net's)
+POOLED_COLUMNS = ("pooled_dsb_ap50", "pooled_f1_50", "pooled_dq", "pooled_sq", "pooled_pq")
 #: suffixes stripped from prediction / class file stems before pairing by name
 PAIRING_SUFFIXES = ("_instances", "_classes")
 _LABEL_SUFFIXES = (".tif", ".tiff", ".png")
@@ -212,7 +218,9 @@ def _image_row(name: str, gt: np.ndarray, pred: np.ndarray, gt_classes, pred_cla
         ap = coco_ap_images([coco], max_dets)
     row: dict[str, Any] = {"image": name, "aji": aji(table), "aji_plus": aji_plus(table), "dice": dice(table),
                            "dq": pq["dq"], "sq": pq["sq"], "pq": pq["pq"], "f1_50": det["f1"],
-                           "dsb_ap50": det["dsb_ap"], **ap}
+                           "dsb_ap50": det["dsb_ap"], **ap,
+                           "tp_50": int(pq["tp"]), "fp_50": int(pq["fp"]), "fn_50": int(pq["fn"]),
+                           "iou_sum_50": float(pq["iou_sum"])}
     pq_counts = f1_counts = None
     if gt_classes is not None and pred_classes is not None:
         n = _class_count(gt_classes, pred_classes, class_names)
@@ -221,6 +229,19 @@ def _image_row(name: str, gt: np.ndarray, pred: np.ndarray, gt_classes, pred_cla
         for k, value in enumerate(pq_from_counts(pq_counts), start=1):
             row[f"pq_{class_label(class_names, k)}"] = float(value)
     return row, coco, pq_counts, f1_counts
+
+
+def pooled_scores(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """DSB AP@0.5 = ΣTP / Σ(TP + FP + FN), F1, DQ, SQ and PQ from the IoU > 0.5 counts summed over all
+    images (a dataset with no object on either side scores 1.0, as a single empty image does)."""
+    tp, fp, fn = (sum(int(r[k]) for r in rows) for k in ("tp_50", "fp_50", "fn_50"))
+    iou_sum = sum(float(r["iou_sum_50"]) for r in rows)
+    if tp + fp + fn == 0:
+        return {key: 1.0 for key in POOLED_COLUMNS}
+    dq = tp / (tp + 0.5 * fp + 0.5 * fn)
+    sq = iou_sum / tp if tp else 0.0
+    return {"pooled_dsb_ap50": tp / (tp + fp + fn), "pooled_f1_50": 2 * tp / (2 * tp + fp + fn),
+            "pooled_dq": dq, "pooled_sq": sq, "pooled_pq": dq * sq}
 
 
 def image_metrics(gt: np.ndarray, pred: np.ndarray, gt_classes: np.ndarray | None = None,
@@ -283,6 +304,9 @@ class EvaluationResult:
 
         lines.append("mean over images")
         for key in MEAN_COLUMNS:
+            add(key)
+        lines.append("pooled over images (counts summed first: StarDist / COCO-style papers)")
+        for key in POOLED_COLUMNS:
             add(key)
         lines.append("dataset level")
         for key in ("ap", "ap50", "ap75", "mpq_plus"):
@@ -357,6 +381,7 @@ def evaluate_iter(pairs: Iterable[Any], *, class_names: Sequence[str] | None = N
     summary: dict[str, Any] = {"n_images": len(rows)}
     for key in MEAN_COLUMNS:
         summary[key] = _nanmean(r[key] for r in rows)
+    summary.update(pooled_scores(rows))
     summary.update(coco_ap_images(cocos, max_dets) if cocos else {"ap": math.nan, "ap50": math.nan, "ap75": math.nan})
     if pq_counts:
         width = max(c.shape[0] for c in pq_counts)
