@@ -130,14 +130,25 @@ def crop(sample, y: int, x: int, size: int = PATCH):
 
 
 def random_patches(pool, k: int, seed: int):
+    """k random 256² windows of random pool images that do not overlap one another (a user corrects distinct
+    patches; overlapping ones would also leak training pixels into the held-out patches)."""
     rng = np.random.default_rng([seed, k])
-    chosen = rng.choice(len(pool), size=k, replace=k > len(pool))
-    out = []
-    for index in chosen:
-        s = pool[int(index)]
+    out, taken, used = [], [], set()
+    for _attempt in range(1000):
+        if len(out) == k:
+            break
+        index = int(rng.integers(len(pool)))
+        s = pool[index]
         h, w = s.labels.shape
-        out.append(crop(s, int(rng.integers(h - PATCH + 1)), int(rng.integers(w - PATCH + 1))))
-    return out, sorted({int(i) for i in chosen})
+        y, x = int(rng.integers(h - PATCH + 1)), int(rng.integers(w - PATCH + 1))
+        if any(i == index and abs(y - ty) < PATCH and abs(x - tx) < PATCH for i, ty, tx in taken):
+            continue
+        taken.append((index, y, x))
+        used.add(index)
+        out.append(crop(s, y, x))
+    if len(out) < k:
+        raise SystemExit(f"the pool holds fewer than {k} non-overlapping {PATCH}² patches")
+    return out, sorted(used)
 
 
 def suggested_patches(pool, k: int, seed: int, cache: dict):

@@ -136,3 +136,23 @@ def test_synthesis_pastes_corrected_nuclei_into_the_training_crops(monuseg):
     assert len(result.history) == 2 and np.isfinite(result.history[-1]["loss"])
     with pytest.raises(ValueError, match="synthesis must be in"):
         FinetuneRecipe(synthesis=1.5)
+
+
+def test_the_required_gain_grows_as_the_held_out_data_shrinks(monuseg):
+    """A gain measured on a few held-out nuclei is mostly noise: the guard asks for 0.5/sqrt(n) (at least
+    min_gain), and the run says how many held-out nuclei it has and what it needs."""
+    from cellzoo.train.finetune import count_nuclei, required_gain
+
+    recipe = FinetuneRecipe()
+    assert required_gain(recipe, 25) == pytest.approx(0.1)
+    assert required_gain(recipe, 400) == pytest.approx(0.025)
+    assert required_gain(recipe, 10_000) == pytest.approx(recipe.min_gain)  # plenty of data: the floor
+    assert required_gain(FinetuneRecipe(noise_margin=0.0), 4) == recipe.min_gain
+    sample = _region(monuseg[0], 0, 0, 200, 200)
+    assert count_nuclei([sample]) == len(np.unique(sample.labels[sample.labels > 0]))
+    data = prepare_finetune_data([_region(monuseg[0], 0, 0, 320, 384)])
+    result = finetune(resolve_model("cellzoo-he"), data, FinetuneRecipe(steps=1, eval_every=1, crop=128,
+                                                                        batch_size=1), device="cpu")
+    n = count_nuclei(data.val)
+    assert any(note.startswith(f"held-out data: {n} annotated nuclei") and f"{required_gain(recipe, n):.3f}" in note
+               for note in result.notes)
