@@ -68,6 +68,29 @@ def test_a_slide_opens_lazily_and_a_drawn_rectangle_is_segmented(make_napari_vie
     assert [layer.name for layer in viewer.layers] == ["biopsy", "area", "biopsy instances"]
 
 
+def test_the_field_of_view_is_what_the_canvas_shows(make_napari_viewer, qtbot, slide_file, tmp_path):
+    from cellzoo._napari._slides import canvas_size, field_of_view
+
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    layer = widget.open_slide(slide_file)
+    viewer.reset_view()
+    assert field_of_view(layer, viewer) == (0, 0, 1024, 1024)  # all of it in view
+    # centre on level-0 pixel (300, 700) (world = pixel × 0.25 µm), zoomed so that the canvas spans 200 px
+    viewer.camera.center = (300 * 0.25, 700 * 0.25)
+    height, width = canvas_size(viewer)
+    viewer.camera.zoom = max(height, width) / (200 * 0.25)
+    y0, x0, y1, x1 = field_of_view(layer, viewer)
+    assert max(y1 - y0, x1 - x0) == pytest.approx(200, abs=2)
+    assert (y0 + y1) / 2 == pytest.approx(300, abs=2) and (x0 + x1) / 2 == pytest.approx(700, abs=2)
+    widget.slide_out.setText(str(tmp_path / "results"))
+    result = _run(widget, qtbot)
+    labels = read_slide_labels(result["slide_result"].store)
+    ys, xs = np.nonzero(labels)
+    assert result["count"] > 3 and ys.min() > y0 - 40 and ys.max() < y1 + 40 and xs.min() > x0 - 40
+
+
 def test_the_reader_opens_a_pyramidal_tiff_as_a_slide(slide_file):
     reader = get_reader(str(slide_file))
     assert reader is not None

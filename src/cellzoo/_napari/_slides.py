@@ -66,17 +66,27 @@ def slide_info(layer) -> dict[str, Any] | None:
     return (getattr(layer, "metadata", None) or {}).get(META_SLIDE)
 
 
-def field_of_view(layer) -> tuple[int, int, int, int]:
-    """(y0, x0, y1, x1) in level-0 pixels of the part of ``layer`` the canvas shows."""
-    corners = np.asarray(layer.corner_pixels)  # data coordinates of the level napari shows now
-    level = int(getattr(layer, "data_level", 0)) if getattr(layer, "multiscale", False) else 0
-    info = slide_info(layer) or {}
-    factor = float((info.get("downsamples") or [1.0])[level]) if info.get("downsamples") else 1.0
-    y0, x0 = corners[0][-2:] if corners.shape[1] >= 2 else corners[0]
-    y1, x1 = corners[1][-2:] if corners.shape[1] >= 2 else corners[1]
-    if layer.rgb and corners.shape[1] == 3:  # corner_pixels of an RGB layer carry the channel axis last
-        y0, x0, y1, x1 = corners[0][0], corners[0][1], corners[1][0], corners[1][1]
-    return (int(y0 * factor), int(x0 * factor), int(np.ceil((y1 + 1) * factor)), int(np.ceil((x1 + 1) * factor)))
+def canvas_size(viewer) -> tuple[int, int]:
+    """(height, width) of the canvas in screen pixels (napari has no public call for it)."""
+    return tuple(int(v) for v in viewer.window._qt_viewer.canvas.size)
+
+
+def field_of_view(layer, viewer) -> tuple[int, int, int, int]:
+    """(y0, x0, y1, x1) in level-0 pixels of the part of ``layer`` the canvas shows: the camera's centre
+    and zoom over the canvas size, mapped from world to the layer's data coordinates, clipped to it."""
+    height, width = canvas_size(viewer)
+    zoom = float(viewer.camera.zoom)
+    cy, cx = (float(v) for v in viewer.camera.center[-2:])
+    half_h, half_w = height / zoom / 2, width / zoom / 2
+    corners = np.array([layer.world_to_data((cy + dy, cx + dx))[-2:] for dy in (-half_h, half_h)
+                        for dx in (-half_w, half_w)])
+    (y0, x0), (y1, x1) = corners.min(axis=0), corners.max(axis=0)
+    full_h, full_w = (layer.data[0] if getattr(layer, "multiscale", False) else layer.data).shape[:2]
+    y0, x0 = max(0, int(np.floor(y0))), max(0, int(np.floor(x0)))
+    y1, x1 = min(full_h, int(np.ceil(y1))), min(full_w, int(np.ceil(x1)))
+    if y1 <= y0 or x1 <= x0:
+        raise ValueError("the slide is not in view: pan or zoom to it, or choose the whole slide")
+    return y0, x0, y1, x1
 
 
 def add_slide_labels(viewer, image_layer, store: Path, class_names: list[str], result, name: str | None = None) -> Any:

@@ -570,7 +570,7 @@ class SegmentWidget(QWidget):
         area = self.slide_area.currentData()
         if area == "all":
             return None
-        return self._drawn_rectangle(layer) if area == "rect" else field_of_view(layer)
+        return self._drawn_rectangle(layer) if area == "rect" else field_of_view(layer, self.viewer)
 
     def run(self) -> None:
         if not self.validate():
