@@ -46,3 +46,10 @@ def test_help_shows_real_defaults_only(capsys):
         cli.main(["segment", "--help"])
     out = capsys.readouterr().out
     assert "(default: None)" not in out and "default" in out
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(capsys):
+    """/proc refuses new folders even for root (a read-only folder cannot be tested as root otherwise)."""
+    assert cli.main(["segment", "--sample", "--out", "/proc/cellzoo-cannot-exist"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot create the output folder /proc/cellzoo-cannot-exist" in err and "Traceback" not in err

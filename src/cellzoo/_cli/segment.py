@@ -150,6 +150,14 @@ def _output_names(stem: str, typed: bool, geojson: bool) -> list[str]:
     return names
 
 
+def _make_output_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create the output folder {folder} ({exc.strerror or exc}); give --out a folder "
+                         "you can write to") from None
+
+
 def _write_stack(path: Path, array: np.ndarray) -> None:
     import tifffile
 
@@ -210,7 +218,7 @@ def run(args) -> int:
             print(f"{path.name}: skipped: {problem}", file=sys.stderr)
             skipped.append(path.name)
             continue
-        out_dir.mkdir(parents=True, exist_ok=True)
+        _make_output_folder(out_dir)
         if is_stack:
             results = run_to_end(segment_stack_iter(model, image, **options))
             labels = np.stack([r.labels for r in results])

@@ -198,7 +198,11 @@ class SlideWriter:
         import zarr
 
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"cannot create the output folder {self.out_dir} ({exc.strerror or exc}); choose a "
+                             "folder you can write to") from None
         self.paths = {"store": self.out_dir / f"{stem}.ome.zarr", "table": self.out_dir / f"{stem}_nuclei.csv"}
         if geojson:
             self.paths["geojson"] = self.out_dir / f"{stem}.geojson"
