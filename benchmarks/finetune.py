@@ -266,8 +266,10 @@ def write_report() -> str:
     lines = ["# Fine-tuning from a few corrected patches, on domains the base never saw", "",
              "Written by `benchmarks/finetune.py` (one section per `--setting`; each cell is one run of the "
              "default recipe, `FinetuneRecipe.for_data`, through `cellzoo.train.finetune.finetune`, whose guard "
-             "keeps the base when the held-out corrected region does not improve). Synthesis of new training "
-             "pairs is not in the grid: not built (see the notes in README).", ""]
+             "keeps the base when the held-out corrected data does not improve by max(0.01, 0.5/√n held-out nuclei)). "
+             "Synthesis = corrected nuclei pasted into the empty places of half the training crops "
+             "(`FinetuneRecipe.synthesis`). The he-to-monusac-cross setting (corrections on one tissue, test on "
+             "others) was started but not finished this session.", ""]
     for setting in SETTINGS:
         if cache_path(setting).is_file():
             lines += setting_section(load_cache(setting)) + [""]
