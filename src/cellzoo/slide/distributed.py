@@ -9,6 +9,7 @@ results come back in region order, so the writer's ids equal those of a single-p
 from __future__ import annotations
 
 import os
+import secrets
 from collections import deque
 from typing import Any, Iterator
 
@@ -70,13 +71,14 @@ def distributed_results(scheduler: str, model, slide, level: int, regions, scale
             slide_ref = client.scatter(arrays if len(arrays) > 1 else arrays[0], broadcast=True)
         pending: deque = deque()
         queue = iter(regions)
+        run_id = secrets.token_hex(4)  # task keys unique per run, also on a long-lived shared scheduler
 
         def submit_next() -> bool:
             region = next(queue, None)
             if region is None:
                 return False
             pending.append(client.submit(_region_task, model_ref, slide_ref, slide.mpp, level, region, scale,
-                                         options, pure=False, key=f"cellzoo-region-{region.index}-{os.getpid()}"))
+                                         options, pure=False, key=f"cellzoo-region-{run_id}-{region.index}"))
             return True
 
         for _ in range(2 * workers):

@@ -120,7 +120,7 @@ def plan_regions(shape: tuple[int, int], region: int = DEFAULT_REGION, margin: i
     return regions, skipped
 
 
-def _instance_table(labels: np.ndarray, result) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _instance_table(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(ids, areas, centroid y, centroid x) of every instance in ``labels`` (one bincount pass each)."""
     flat = labels.ravel()
     n = int(flat.max(initial=0)) + 1
@@ -137,7 +137,7 @@ def keep_core_instances(instances, window: tuple[int, int, int, int], core: tupl
     """The instances of a window whose centroid (slide coordinates) lies in ``core`` (half-open, so a
     centre on a border belongs to exactly one region), relabelled 1..n."""
     labels = np.asarray(instances.labels)
-    ids, areas, cy, cx = _instance_table(labels, instances)
+    ids, areas, cy, cx = _instance_table(labels)
     gy, gx = cy + window[0], cx + window[1]
     inside = (gy >= core[0]) & (gy < core[2]) & (gx >= core[1]) & (gx < core[3])
     kept = ids[inside]
