@@ -262,8 +262,9 @@ def write_report() -> str:
              "default recipe, `FinetuneRecipe.for_data`, through `cellzoo.train.finetune.finetune`, whose guard "
              "keeps the base when the held-out corrected data does not improve by max(0.01, 0.5/√n held-out nuclei)). "
              "Synthesis = corrected nuclei pasted into the empty places of half the training crops "
-             "(`FinetuneRecipe.synthesis`). The he-to-monusac-cross setting (corrections on one tissue, test on "
-             "others) was started but not finished this session.", ""]
+             "(`FinetuneRecipe.synthesis`). he-to-monusac-cross is not a target setting: corrections on one tissue "
+             "(epithelium), test on two others (a lymphocyte cluster, blood) — what a guard that only sees held-out "
+             "corrected data cannot catch.", ""]
     for setting in SETTINGS:
         if cache_path(setting).is_file():
             lines += setting_section(load_cache(setting)) + [""]
