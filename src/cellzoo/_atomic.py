@@ -38,6 +38,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def make_output_folder(folder: str | os.PathLike) -> Path:
+    """``folder`` and its parents, or a ValueError that says which folder could not be made and why."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create the output folder {folder} ({exc.strerror or exc}); choose a folder you "
+                         "can write to") from None
+    return folder
+
+
 def remove_stale_parts(folder: Path, max_age: float = STALE_PART_SECONDS) -> list[Path]:
     """Delete our hidden temporaries (``.<name>.<8 hex>.part``) in ``folder`` older than ``max_age`` seconds:
     what a kill -9 mid-write leaves. Younger ones may belong to a write still running, so they stay."""

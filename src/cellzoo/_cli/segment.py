@@ -150,14 +150,6 @@ def _output_names(stem: str, typed: bool, geojson: bool) -> list[str]:
     return names
 
 
-def _make_output_folder(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ValueError(f"cannot create the output folder {folder} ({exc.strerror or exc}); give --out a folder "
-                         "you can write to") from None
-
-
 def _write_stack(path: Path, array: np.ndarray) -> None:
     import tifffile
 
@@ -168,6 +160,7 @@ def _write_stack(path: Path, array: np.ndarray) -> None:
 
 
 def run(args) -> int:
+    from .._atomic import make_output_folder
     from ..data.io import read_image, write_class_map, write_labels
     from ..infer.checks import image_problem
     from ..infer.engine import resolve_model, resolve_scale, segment_iter, segment_stack_iter
@@ -218,7 +211,7 @@ def run(args) -> int:
             print(f"{path.name}: skipped: {problem}", file=sys.stderr)
             skipped.append(path.name)
             continue
-        _make_output_folder(out_dir)
+        make_output_folder(out_dir)
         if is_stack:
             results = run_to_end(segment_stack_iter(model, image, **options))
             labels = np.stack([r.labels for r in results])

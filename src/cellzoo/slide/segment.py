@@ -16,8 +16,8 @@ in region order, so the result equals a single-process run.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
-import io
 import json
 import math
 import os
@@ -120,44 +120,21 @@ def plan_regions(shape: tuple[int, int], region: int = DEFAULT_REGION, margin: i
     return regions, skipped
 
 
-def _instance_table(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(ids, areas, centroid y, centroid x) of every instance in ``labels`` (one bincount pass each)."""
-    flat = labels.ravel()
-    n = int(flat.max(initial=0)) + 1
-    areas = np.bincount(flat, minlength=n)
-    ys, xs = np.indices(labels.shape, dtype=np.float64)
-    cy = np.bincount(flat, weights=ys.ravel(), minlength=n)
-    cx = np.bincount(flat, weights=xs.ravel(), minlength=n)
-    ids = np.nonzero(areas)[0]
-    ids = ids[ids > 0]
-    return ids, areas[ids], cy[ids] / areas[ids], cx[ids] / areas[ids]
-
-
 def keep_core_instances(instances, window: tuple[int, int, int, int], core: tuple[int, int, int, int]):
     """The instances of a window whose centroid (slide coordinates) lies in ``core`` (half-open, so a
-    centre on a border belongs to exactly one region), relabelled 1..n."""
+    centre on a border belongs to exactly one region), relabelled 1..n, with their class (majority of the
+    class map), area, centroid (slide coordinates) and score."""
+    from ..annotate.index import InstanceIndex
+
     labels = np.asarray(instances.labels)
-    ids, areas, cy, cx = _instance_table(labels)
-    gy, gx = cy + window[0], cx + window[1]
+    table = InstanceIndex.build(labels, instances.class_map(), default_class=1).table(scores=instances.scores)
+    gy, gx = table["centroid_y"] + window[0], table["centroid_x"] + window[1]
     inside = (gy >= core[0]) & (gy < core[2]) & (gx >= core[1]) & (gx < core[3])
-    kept = ids[inside]
+    kept = table["label"][inside]
     lut = np.zeros(int(labels.max(initial=0)) + 1, np.int32)
     lut[kept] = np.arange(1, kept.size + 1, dtype=np.int32)
-    out = lut[labels]
-    class_map = instances.class_of or {}
-    if not class_map and instances.classes is not None and kept.size:
-        # majority class per kept instance, from the per-pixel class map
-        classes = np.asarray(instances.classes).ravel()
-        flat = out.ravel()
-        votes = np.zeros((kept.size + 1, int(classes.max(initial=0)) + 1), np.int64)
-        np.add.at(votes, (flat, classes), 1)
-        votes[:, 0] = 0
-        classes_of = votes[1:].argmax(axis=1)
-    else:
-        classes_of = np.array([int(class_map.get(int(i), 1)) for i in kept], np.int64)
-    scores = np.array([float(instances.scores.get(int(i), np.nan)) for i in kept], np.float64)
-    return (out, classes_of.astype(np.int32), areas[inside].astype(np.int64),
-            np.stack([gy[inside], gx[inside]], axis=1) if kept.size else np.zeros((0, 2)), scores)
+    return (lut[labels], table["class"][inside].astype(np.int32), table["area"][inside].astype(np.int64),
+            np.stack([gy[inside], gx[inside]], axis=1), table["score"][inside])
 
 
 def segment_region(model, slide: SlideSource, level: int, region: Region, scale: float = 1.0,
@@ -197,12 +174,9 @@ class SlideWriter:
                  class_names: Sequence[str], geojson: bool = False, overwrite: bool = False) -> None:
         import zarr
 
-        self.out_dir = Path(out_dir)
-        try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ValueError(f"cannot create the output folder {self.out_dir} ({exc.strerror or exc}); choose a "
-                             "folder you can write to") from None
+        from .._atomic import make_output_folder
+
+        self.out_dir = make_output_folder(out_dir)
         self.paths = {"store": self.out_dir / f"{stem}.ome.zarr", "table": self.out_dir / f"{stem}_nuclei.csv"}
         if geojson:
             self.paths["geojson"] = self.out_dir / f"{stem}.geojson"
@@ -218,16 +192,24 @@ class SlideWriter:
                                              fill_value=0)
         self.next_id = 1
         self._create_pyramid()
-        self.rows = io.StringIO()
-        self.table = csv.writer(self.rows)
+        # the table and the GeoJSON are streamed to hidden temporaries through the run (memory stays bounded);
+        # closing ``_outputs`` renames them into place (finish), or removes them (abort)
+        self._outputs = contextlib.ExitStack()
+        self.table = csv.writer(self._streamed(self.paths["table"]))
         self.table.writerow(["id", "class", "class_name", "area_px", "area_um2", "centroid_y", "centroid_x",
                              "centroid_y_um", "centroid_x_um", "score"])
-        self.geojson_tmp = None
+        self.geojson_file = None
         if geojson:
-            self.geojson_tmp = self.out_dir / f".{self.paths['geojson'].name}.{secrets.token_hex(4)}.part"
-            self.geojson_file = open(os.open(self.geojson_tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666), "w")
+            self.geojson_file = self._streamed(self.paths["geojson"])
             self.geojson_file.write('{"type": "FeatureCollection", "features": [\n')
             self.first_feature = True
+
+    def _streamed(self, path: Path):
+        """A text file open for the run under a hidden temporary name (:func:`cellzoo._atomic.atomic_path`)."""
+        from .._atomic import atomic_path
+
+        temporary = self._outputs.enter_context(atomic_path(path))
+        return self._outputs.enter_context(open(temporary, "w", newline="", encoding="utf-8"))
 
     def add(self, result: RegionResult) -> None:
         n = int(result.classes.size)
@@ -253,7 +235,7 @@ class SlideWriter:
                                  "" if self.mpp is None else f"{cy * self.mpp:.2f}",
                                  "" if self.mpp is None else f"{cx * self.mpp:.2f}",
                                  "" if not np.isfinite(result.scores[k]) else f"{result.scores[k]:.4f}"])
-        if self.geojson_tmp is not None:
+        if self.geojson_file is not None:
             self._add_features(result, ids)
         self.next_id += n
 
@@ -316,16 +298,10 @@ class SlideWriter:
 
     def finish(self) -> dict[str, Path]:
         self._write_metadata()
-        from .._atomic import atomic_write_text
-
         self._replace_dir(self.store_tmp, self.paths["store"])
-        atomic_write_text(self.paths["table"], self.rows.getvalue())
-        if self.geojson_tmp is not None:
+        if self.geojson_file is not None:
             self.geojson_file.write("\n]}\n")
-            self.geojson_file.flush()
-            os.fsync(self.geojson_file.fileno())
-            self.geojson_file.close()
-            os.replace(self.geojson_tmp, self.paths["geojson"])
+        self._outputs.close()  # files closed, then fsynced and renamed into place
         return dict(self.paths)
 
     @staticmethod
@@ -340,9 +316,8 @@ class SlideWriter:
 
     def abort(self) -> None:
         shutil.rmtree(self.store_tmp, ignore_errors=True)
-        if self.geojson_tmp is not None:
-            self.geojson_file.close()
-            self.geojson_tmp.unlink(missing_ok=True)
+        # closing with an exception makes atomic_path delete its temporary instead of renaming it
+        self._outputs.__exit__(RuntimeError, RuntimeError("slide segmentation aborted"), None)
 
 
 def _shift(coordinates, dx: float, dy: float, scale: float):
