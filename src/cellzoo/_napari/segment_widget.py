@@ -621,13 +621,7 @@ class SegmentWidget(QWidget):
         def job(cancel):
             from cellzoo.slide import segment_slide_iter
 
-            name = settings["model"]
-            if name not in self._models:
-                yield Progress("loading model", 0, 0, name)
-                from cellzoo.infer import resolve_model
-
-                self._models[name] = resolve_model(name)
-            model = self._models[name]
+            model = yield from self._model(settings["model"])
             result = yield from segment_slide_iter(
                 model, path, out_dir, stem=stem, bounds=bounds, device=settings["device"], tile=settings["tile"],
                 tta=settings["tta"], params=settings["params"], normalize=settings["normalize"],
@@ -640,17 +634,22 @@ class SegmentWidget(QWidget):
             cancelled_text="Cancelled; no layers were changed and no result files were kept.",
             oom_advice="choose a smaller tile size (or the CPU device) and run again")
 
-    def _segment(self, pixels: np.ndarray, request: dict, cancel):
-        """Runs in the worker thread: load the model (once), then the engine generator."""
-        from cellzoo.infer import resolve_model, segment_iter, segment_stack_iter
-
-        settings = request["settings"]
-        name = settings["model"]
+    def _model(self, name: str):
+        """Worker thread: the model, loaded once per widget (yields the loading progress)."""
         if name not in self._models:
+            from cellzoo.infer import resolve_model
+
             yield Progress("loading model", 0, 0, name)  # unknown length (may download)
             self._models[name] = resolve_model(name)
             yield Progress("loading model", 1, 1, name)
-        model = self._models[name]
+        return self._models[name]
+
+    def _segment(self, pixels: np.ndarray, request: dict, cancel):
+        """Runs in the worker thread: load the model (once), then the engine generator."""
+        from cellzoo.infer import segment_iter, segment_stack_iter
+
+        settings = request["settings"]
+        model = yield from self._model(settings["model"])
         kwargs = dict(tile=settings["tile"], device=settings["device"], tta=settings["tta"],
                       params=settings["params"], channel=settings["channel"], normalize=settings["normalize"],
                       scale=settings["scale"], cancel=cancel)
@@ -756,8 +755,7 @@ class SegmentWidget(QWidget):
         self.status_label.setText(f"{count} instances in {seconds:.1f} s with {settings['model']}"
                                   + (f" · {len(results)} planes" if len(results) > 1 else "")
                                   + (f" · scale {', '.join(f'{v:.2f}' for v in scales)}" if scales != [1.0] else ""))
-        precision = meta.get("precision")
-        self.device_label.setText(f"device used: {meta.get('device', '?')}" + (f", {precision}" if precision else ""))
+        self._show_device(meta)
         self._show_legend(class_names, class_colors)
         self.last_result = {"instances_layer": inst.name, "count": count, "device": meta.get("device"),
                             "results": results}
@@ -773,10 +771,14 @@ class SegmentWidget(QWidget):
         self.status_label.setText(f"{result.count} nuclei in {result.seconds:.1f} s, {result.regions} region(s)"
                                   + (f" ({result.skipped} without tissue skipped)" if result.skipped else "")
                                   + f"; results in {result.store.parent}")
-        precision = result.meta.get("precision")
-        self.device_label.setText(f"device used: {result.meta.get('device', '?')}" + (f", {precision}" if precision else ""))
+        self._show_device(result.meta)
         self.last_result = {"instances_layer": labels.name, "count": result.count, "device": result.meta.get("device"),
                             "slide_result": result}
+
+    def _show_device(self, meta: dict) -> None:
+        """What ran: the device and the precision ("cpu, bf16")."""
+        precision = meta.get("precision")
+        self.device_label.setText(f"device used: {meta.get('device', '?')}" + (f", {precision}" if precision else ""))
 
     @staticmethod
     def _plane_arrays(result, offset: int, prepared=None):

@@ -26,13 +26,13 @@ from .coco import DEFAULT_MAX_DETS, CocoImage, coco_ap_images, coco_image
 from .instance import aji, aji_plus, detection_scores, dice, panoptic_quality
 from .overlap import check_label_pair, overlap_table
 
-#: CSV columns for every image, in order (``pq_<class>`` columns follow when classes are given).
-COLUMNS = ("image", "aji", "aji_plus", "dice", "dq", "sq", "pq", "f1_50", "dsb_ap50", "ap", "ap50", "ap75",
-           "tp_50", "fp_50", "fn_50", "iou_sum_50")
 #: per-image columns averaged over images in the summary
 MEAN_COLUMNS = ("aji", "aji_plus", "dice", "dq", "sq", "pq", "f1_50", "dsb_ap50")
 #: per-image counts at IoU > 0.5 (CSV columns) from which the pooled figures are summed
 COUNT_COLUMNS = ("tp_50", "fp_50", "fn_50", "iou_sum_50")
+#: CSV columns for every image, in order (``pq_<class>`` columns follow when classes are given).
+COLUMNS = ("image", "aji", "aji_plus", "dice", "dq", "sq", "pq", "f1_50", "dsb_ap50", "ap", "ap50", "ap75",
+           *COUNT_COLUMNS)
 #: dataset-level figures from the counts summed over all images first (StarDist's and COCO-style papers'
 #: protocol), next to the per-image means (the DSB 2018 challenge's and HoVer-Net's)
 POOLED_COLUMNS = ("pooled_dsb_ap50", "pooled_f1_50", "pooled_dq", "pooled_sq", "pooled_pq")

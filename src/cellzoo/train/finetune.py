@@ -459,8 +459,9 @@ def finetune_iter(model, data: FinetuneData, recipe: FinetuneRecipe | None = Non
         yield Message(note)
 
     held_out_nuclei = count_nuclei(data.val)
+    needed = required_gain(recipe, held_out_nuclei)
     notes.append(f"held-out data: {held_out_nuclei} annotated nuclei; a tuned model is kept if it beats the base "
-                 f"by ≥ {required_gain(recipe, held_out_nuclei):.3f} (mean of AJI and PQ)")
+                 f"by ≥ {needed:.3f} (mean of AJI and PQ)")
     yield Message(notes[-1])
     before = yield from validation_metrics(model, data.val, device=device, cancel=cancel)
     yield Message(f"base on the held-out data: PQ {before.get('pq', 0):.4f}, AJI {before.get('aji', 0):.4f}")
@@ -588,7 +589,6 @@ def finetune_iter(model, data: FinetuneData, recipe: FinetuneRecipe | None = Non
     model.eval()
 
     after = best_metrics if best_metrics is not None else dict(before)
-    needed = required_gain(recipe, held_out_nuclei)
     improved = best_metrics is not None and selection_score(after) >= selection_score(before) + needed
     finetune_meta = {"base": base_name, "before": before, "after": after, "improved": bool(improved),
                      "best_step": best_step, "steps_run": step, "lr": peak_lr, "recipe": recipe.to_dict(),
