@@ -31,11 +31,17 @@ Each fine-tune is :func:`cellzoo.train.finetune.finetune_iter` with its default 
 (:meth:`FinetuneRecipe.for_data`), on one thread; "CPU min" is the process CPU time of the fine-tune
 (suggestion and pseudo-labelling included, test scoring excluded).
 
-Each cell is cached in ``benchmarks/results/finetune.json`` as soon as it ends, so ``--resume`` continues a
-run; ``--cells 2:random,2:suggested`` runs those cells only. Writes ``benchmarks/results/finetune.md`` and
-prints the table::
+Seeds (``--seeds 0,1,2``): one run per cell and seed; a seed draws the random patches, the suggestion's
+k-means and the fine-tune's crops (the pool of unlabelled images stays the same). Single runs
+swing by ±0.1 AJI, so the table gives each cell's mean over its seeds and the methods are compared on the
+seeds both have.
 
-    python benchmarks/finetune.py --cells 2:random,2:suggested --resume
+Each run is cached in ``benchmarks/results/finetune*.json`` as soon as it ends (under a file lock, re-read
+before writing, so two processes — one per core — can fill one setting), so ``--resume`` continues;
+``--cells 2:random,2:suggested`` runs those cells only. Writes ``benchmarks/results/finetune.md`` and prints
+the table::
+
+    python benchmarks/finetune.py --setting fluo-to-monuseg --cells 2:random,2:suggested --seeds 0,1,2 --resume
 """
 from __future__ import annotations
 
@@ -84,7 +90,32 @@ def load_cache(setting: str) -> dict:
 
 
 def save_cache(cache: dict) -> None:
-    atomic_write_text(cache_path(cache.get("setting", "he-to-dsb")), json.dumps(cache, indent=1))
+    """Merge ``cache`` into the file under a lock: runs and suggestions another process saved meanwhile stay."""
+    import fcntl
+
+    path = cache_path(cache.get("setting", "he-to-dsb"))
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        on_disk = json.loads(path.read_text()) if path.is_file() else {"cells": {}}
+        for key in ("cells", "suggestions"):
+            merged = {**on_disk.get(key, {}), **cache.get(key, {})}
+            cache[key] = merged
+        atomic_write_text(path, json.dumps({**on_disk, **cache}, indent=1))
+
+
+def run_key(k: int, method: str, seed: int) -> str:
+    """Cache key of one run (seed 0 keeps the key of the single-seed runs)."""
+    return f"{k}:{method}" if seed == 0 else f"{k}:{method}@{seed}"
+
+
+def runs_of(cells: dict, k: int, method: str) -> dict[int, dict]:
+    """seed → run of cell k:method."""
+    out = {}
+    for key, run in cells.items():
+        name, _, seed = key.partition("@")
+        if name == f"{k}:{method}":
+            out[int(seed or 0)] = run
+    return out
 
 
 def pool_and_test(dataset: str, seed: int, pool_size: int):
@@ -150,13 +181,14 @@ def suggested_patches(pool, k: int, seed: int, cache: dict):
     are cached per k (suggested and suggested+pseudo share them; their CPU time is counted in both)."""
     from cellzoo.annotate.suggest import suggest_patches
 
-    saved = cache.setdefault("suggestions", {}).get(str(k))
+    key = str(k) if seed == 0 else f"{k}@{seed}"
+    saved = cache.setdefault("suggestions", {}).get(key)
     if saved is None:
         started = time.process_time()
         picks = suggest_patches([s.image for s in pool], cache["base"], n=k, patch=PATCH, device="cpu", seed=seed)
         saved = {"boxes": [[p.image_index, p.y, p.x, p.size] for p in picks],
                  "cpu_minutes": (time.process_time() - started) / 60}
-        cache["suggestions"][str(k)] = saved
+        cache["suggestions"][key] = saved
         save_cache(cache)
     boxes = saved["boxes"]
     return ([crop(pool[i], y, x, size) for i, y, x, size in boxes], sorted({b[0] for b in boxes}),
@@ -205,51 +237,62 @@ def run_cell(k: int, method: str, pool, test, seed: int, cache: dict) -> dict:
             "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 
+def _mean(values) -> float:
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
 def setting_section(cache: dict) -> list[str]:
     base = cache.get("base_test", {})
     b_aji, b_pq = base.get("aji", float("nan")), base.get("pq", float("nan"))
     setting = cache.get("setting", "he-to-dsb")
     base_name, dataset, _, target = SETTINGS[setting]
+    cells = cache["cells"]
     lines = [f"## `{setting}`: {base_name} → {target}", "",
              f"Base `{base_name}`, never trained on {target}. Corrections = ground truth of k 256² patches from a "
-             f"pool of {cache.get('pool_size', '?')} {dataset} *train* images; scores on all {dataset} *test* "
-             f"images. Seed {cache.get('seed')}; CPU: {cache.get('cpu', '?')}, torch on one thread (CPU min = "
-             "process time of suggestion + fine-tune + pseudo-labelling; test scoring excluded).", "",
+             f"pool of {cache.get('pool_size', '?')} {dataset} *train* images (pool drawn with seed "
+             f"{cache.get('seed')}); scores on all {dataset} *test* images. CPU: {cache.get('cpu', '?')}, torch on one "
+             "thread (CPU min = process time of suggestion + fine-tune + pseudo-labelling; test scoring excluded). "
+             "Each row: the mean over its seeds (one run each), the runs' test AJI in seed order.", "",
              f"Base on the test split: AJI {b_aji:.4f}, PQ {b_pq:.4f}.", "",
-             "| k | method | test AJI before → after | test PQ before → after | Δ AJI | kept tuned? | CPU min |",
-             "|---|---|---|---|---|---|---|"]
+             "| k | method | seeds | test AJI after (mean) | per seed | test PQ after (mean) | Δ AJI | kept tuned? | CPU min |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for k in KS:
         for method in METHODS:
-            cell = cache["cells"].get(f"{k}:{method}")
-            if cell is None:
+            runs = runs_of(cells, k, method)
+            if not runs:
                 continue
-            after = cell["test_after"]
-            kept = " / ".join("yes" if r["improved"] else "no (base kept)" for r in cell["rounds"])
-            lines.append(f"| {k} | {method} | {b_aji:.4f} → {after['aji']:.4f} | {b_pq:.4f} → {after['pq']:.4f} | "
-                         f"{after['aji'] - b_aji:+.4f} | {kept} | {cell['cpu_minutes']:.1f} |")
-    cells = cache["cells"]
+            seeds = sorted(runs)
+            ajis = [runs[sd]["test_after"]["aji"] for sd in seeds]
+            pqs = [runs[sd]["test_after"]["pq"] for sd in seeds]
+            kept = ", ".join("/".join("yes" if r["improved"] else "no" for r in runs[sd]["rounds"]) for sd in seeds)
+            lines.append(f"| {k} | {method} | {','.join(map(str, seeds))} | {_mean(ajis):.4f} | "
+                         f"{' '.join(f'{a:.3f}' for a in ajis)} | {_mean(pqs):.4f} | {_mean(ajis) - b_aji:+.4f} | "
+                         f"{kept} | {_mean([runs[sd]['cpu_minutes'] for sd in seeds]):.1f} |")
     checks = []
-    two = [cells[key] for key in ("2:random", "2:suggested", "2:suggested+pseudo") if key in cells]
+    two = [(m, runs_of(cells, 2, m)) for m in ("random", "suggested", "suggested+pseudo")]
+    two = [(m, r) for m, r in two if r]
     if two:
-        best = max(two, key=lambda c: c["test_after"]["aji"])
-        ok = best["test_after"]["aji"] - b_aji >= 0.03 and best["cpu_minutes"] <= 10
-        checks.append(f"- k = 2, ≤ 10 CPU-min, AJI ≥ base + 0.03: best {best['method']} "
-                      f"{best['test_after']['aji'] - b_aji:+.4f} in {best['cpu_minutes']:.1f} min → "
-                      f"{'met' if ok else 'NOT met'}")
+        method, runs = max(two, key=lambda item: _mean([r["test_after"]["aji"] for r in item[1].values()]))
+        gain = _mean([r["test_after"]["aji"] for r in runs.values()]) - b_aji
+        minutes = max(r["cpu_minutes"] for r in runs.values())
+        ok = gain >= 0.03 and minutes <= 10
+        checks.append(f"- k = 2, ≤ 10 CPU-min, AJI ≥ base + 0.03: best {method} (mean of {len(runs)} seeds) "
+                      f"{gain:+.4f}, longest run {minutes:.1f} min → {'met' if ok else 'NOT met'}")
     if cells:
-        worst = min(cells.values(), key=lambda c: c["test_after"]["aji"])
+        worst_key, worst = min(cells.items(), key=lambda item: item[1]["test_after"]["aji"])
         drop = worst["test_after"]["aji"] - b_aji
-        checks.append(f"- guard, no cell below base − 0.005 AJI: lowest {worst['k']}:{worst['method']} {drop:+.4f} → "
+        checks.append(f"- guard, no run below base − 0.005 AJI: lowest {worst_key} {drop:+.4f} → "
                       f"{'met' if drop >= -0.005 else 'NOT met'}")
     for k in (1, 2, 4):
-        r, g = cells.get(f"{k}:random"), cells.get(f"{k}:suggested")
-        if r and g:
-            gap = g["test_after"]["aji"] - r["test_after"]["aji"]
-            checks.append(f"- k = {k}: suggested − random = {gap:+.4f} AJI → {'met' if gap >= 0.01 else 'NOT met'} "
-                          "(target ≥ +0.01)")
-    ran = [key for key in (f"{k}:{m}" for k in KS for m in METHODS) if key in cells]
-    missing = [key for key in (f"{k}:{m}" for k in KS for m in METHODS) if key not in cells]
-    lines += ["", "Targets (issue 15):", *checks, "", f"Cells run: {', '.join(ran) or 'none'}.",
+        r, g = runs_of(cells, k, "random"), runs_of(cells, k, "suggested")
+        common = sorted(set(r) & set(g))
+        if common:
+            gap = _mean([g[sd]["test_after"]["aji"] - r[sd]["test_after"]["aji"] for sd in common])
+            checks.append(f"- k = {k}: suggested − random = {gap:+.4f} AJI (mean over seeds {','.join(map(str, common))})"
+                          f" → {'met' if gap >= 0.01 else 'NOT met'} (target ≥ +0.01)")
+    ran = [f"{k}:{m} ({len(runs_of(cells, k, m))})" for k in KS for m in METHODS if runs_of(cells, k, m)]
+    missing = [f"{k}:{m}" for k in KS for m in METHODS if not runs_of(cells, k, m)]
+    lines += ["", "Targets (issue 15):", *checks, "", f"Cells run (seeds): {', '.join(ran) or 'none'}.",
               f"Cells not run: {', '.join(missing) or 'none'}."]
     if cache.get("notes"):
         lines += ["", *cache["notes"]]
@@ -276,7 +319,8 @@ def main(argv=None) -> int:
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="he-to-dsb")
     parser.add_argument("--cells", default=None, help="k:method,... (default: the whole grid, k=2 first)")
     parser.add_argument("--resume", action="store_true", help="skip cells already in the setting's cache")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma-separated run seeds (default 0)")
+    parser.add_argument("--pool-seed", type=int, default=0, help="draws the pool of unlabelled images")
     parser.add_argument("--pool", type=int, default=None, help="unlabelled train images to pick patches from "
                         "(default: 24 for he-to-dsb, 12 for fluo-to-monuseg)")
     parser.add_argument("--report-only", action="store_true", help="rewrite finetune.md from the caches")
@@ -292,11 +336,14 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     base_name, dataset, default_pool, _ = SETTINGS[args.setting]
     pool_size = args.pool or default_pool
-    cache = load_cache(args.setting) if args.resume else {"cells": {}}
-    if cache.get("seed", args.seed) != args.seed or cache.get("pool_size", pool_size) != pool_size:
-        raise SystemExit("the cache was made with another --seed/--pool; drop --resume to start again")
-    cache.update(setting=args.setting, base=base_name, seed=args.seed, pool_size=pool_size, cpu=cpu_model())
-    pool, test = pool_and_test(dataset, args.seed, pool_size)
+    if not args.resume and cache_path(args.setting).is_file():
+        cache_path(args.setting).unlink()  # a fresh start (a second process beside this one takes --resume)
+    cache = load_cache(args.setting)
+    if cache.get("seed", args.pool_seed) != args.pool_seed or cache.get("pool_size", pool_size) != pool_size:
+        raise SystemExit("the cache was made with another --pool-seed/--pool; drop --resume to start again")
+    cache.update(setting=args.setting, base=base_name, seed=args.pool_seed, pool_size=pool_size, cpu=cpu_model())
+    seeds = [int(x) for x in args.seeds.split(",")]
+    pool, test = pool_and_test(dataset, args.pool_seed, pool_size)
     if "base_test" not in cache:
         from cellzoo.infer.engine import resolve_model
 
@@ -304,16 +351,18 @@ def main(argv=None) -> int:
         save_cache(cache)
     order = [f"{k}:{m}" for k in (2, 1, 4, 8) for m in METHODS]
     cells = args.cells.split(",") if args.cells else order
-    for key in cells:
-        k_text, method = key.split(":", 1)
-        if method not in METHODS or int(k_text) < 1:
-            raise SystemExit(f"bad cell {key!r}: use k:method with method in {METHODS}")
-        if key in cache["cells"]:
-            continue
-        print(f"running {args.setting} {key} ...", file=sys.stderr, flush=True)
-        cache["cells"][key] = run_cell(int(k_text), method, pool, test, args.seed, cache)
-        save_cache(cache)
-        atomic_write_text(REPORT, write_report())
+    for seed in seeds:
+        for cell in cells:
+            k_text, method = cell.split(":", 1)
+            if method not in METHODS or int(k_text) < 1:
+                raise SystemExit(f"bad cell {cell!r}: use k:method with method in {METHODS}")
+            key = run_key(int(k_text), method, seed)
+            if key in load_cache(args.setting)["cells"] or key in cache["cells"]:
+                continue  # done (perhaps by another process on the other core)
+            print(f"running {args.setting} {key} ...", file=sys.stderr, flush=True)
+            cache["cells"][key] = run_cell(int(k_text), method, pool, test, seed, cache)
+            save_cache(cache)
+            atomic_write_text(REPORT, write_report())
     report = write_report()
     atomic_write_text(REPORT, report)
     print(report)

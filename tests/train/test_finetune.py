@@ -156,3 +156,33 @@ def test_the_required_gain_grows_as_the_held_out_data_shrinks(monuseg):
     n = count_nuclei(data.val)
     assert any(note.startswith(f"held-out data: {n} annotated nuclei") and f"{required_gain(recipe, n):.3f}" in note
                for note in result.notes)
+
+
+def test_the_tuned_model_runs_at_the_size_of_the_corrected_nuclei(monuseg, tmp_path):
+    """cellzoo-fluo rescales images ("auto") towards nuclei of 150 px; tuned on MoNuSeg (~400 px nuclei) it must
+    aim at the corrected nuclei's size, in memory and in the saved file, or inference shrinks the very images
+    it was tuned on."""
+    from cellzoo.train.finetune import tuned_metadata
+    from cellzoo.zoo.weights import load_weights
+
+    torch.set_num_threads(2)
+    train = [_region(monuseg[0], 0, 0, 320, 384), _region(monuseg[1], 0, 0, 320, 384)]
+    data = prepare_finetune_data(train)
+    areas = np.concatenate([np.bincount(s.labels.ravel())[1:] for s in data.train])
+    corrected_area = float(np.median(areas[areas > 0]))
+    model = resolve_model("cellzoo-fluo")
+    base_meta = dict(model.metadata)
+    assert base_meta["default_scale"] == "auto" and base_meta["object_area"] == 150
+    assert tuned_metadata(base_meta, data.train)["object_area"] == corrected_area > 250
+    assert "object_area" not in tuned_metadata(dict(resolve_model("cellzoo-he").metadata), data.train)
+
+    recipe = FinetuneRecipe(steps=2, warmup_steps=0, eval_every=1, crop=128, batch_size=2, seed=0)
+    result = finetune(model, data, recipe, device="cpu", out_dir=tmp_path)
+    assert any(f"median area {corrected_area:.0f} px (base: 150 px)" in note for note in result.notes)
+    saved = read_metadata(result.best_path)
+    assert saved["default_scale"] == "auto" and saved["object_area"] == corrected_area
+    assert saved["scale_range"] == base_meta["scale_range"]
+    _tuned, loaded_meta = load_weights(result.best_path)
+    assert loaded_meta["object_area"] == corrected_area
+    # in memory: the tuned metadata when the tuned weights were kept, the base's own when the base was
+    assert model.metadata["object_area"] == (corrected_area if result.improved else 150)

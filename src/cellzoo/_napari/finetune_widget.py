@@ -93,7 +93,7 @@ def finetune_job(base_name: str, layer_samples: list, folders: list[Path], setti
     the recipe, save the best state as ``new_name`` (also when it did not beat the base: the widget then
     lets the user keep or discard it). ``settings``: ``recipe`` (FinetuneRecipe overrides), ``device``,
     ``val_fraction``, ``seed``, ``pseudo_images`` (unlabelled images for pseudo-labels)."""
-    from cellzoo.train.finetune import FinetuneRecipe, finetune_iter, prepare_finetune_data
+    from cellzoo.train.finetune import INHERITED_METADATA, FinetuneRecipe, finetune_iter, prepare_finetune_data
     from cellzoo.zoo import load_model, register_model
     from cellzoo.zoo.weights import load_weights, read_metadata
 
@@ -130,8 +130,9 @@ def finetune_job(base_name: str, layer_samples: list, folders: list[Path], setti
             return outcome  # cancelled before the first evaluation: nothing to keep
         tuned, _ = load_weights(result.best_path)
         tuned_meta = read_metadata(result.best_path)
-        keep = ("class_names", "class_colors", "normalization", "pixel_size_um", "notes")
-        metadata = {k: base_meta[k] for k in keep if k in base_meta}
+        # how to run it (scale "auto" aims at the corrected nuclei's size) comes from the tuned file
+        metadata = {k: base_meta[k] for k in ("notes",) if k in base_meta}
+        metadata.update({k: tuned_meta[k] for k in INHERITED_METADATA if k in tuned_meta})
         names = [s.name for s in data.train]
         metadata.update({
             "family": model.family,
