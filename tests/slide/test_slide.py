@@ -198,3 +198,23 @@ def test_cli_segments_a_slide_region_by_region(slide_path, tmp_path):
     again = subprocess.run([sys.executable, "-m", "cellzoo.cli", "segment", str(slide_path), "--out", str(out)],
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_a_16_bit_slide_is_normalised_with_one_range_for_all_regions(mosaic, tmp_path):
+    """A 16-bit slide whose bottom-right quarter is dimmer (uneven scanning): one intensity range from the
+    thumbnail for every region, so the regions give the in-memory result of the image mapped with that range
+    (per-region percentiles would stretch the dim quarter to look like the others)."""
+    from cellzoo.slide.source import apply_intensity_range, intensity_range
+
+    image = mosaic.astype(np.uint16) * 64 + 1000
+    image[512:, 512:] = (image[512:, 512:] * 0.6).astype(np.uint16)
+    path = write_pyramid(tmp_path / "sixteen.tif", image)
+    value_range = intensity_range(open_slide(path))
+    assert value_range is not None and 1000 <= value_range[0] < value_range[1] <= 255 * 64 + 1000
+    assert intensity_range(open_slide(write_pyramid(tmp_path / "eight.tif", mosaic))) is None  # uint8: as it is
+    result = segment_slide("cellzoo-he", path, tmp_path / "out", region=512, device="cpu", amp=False)
+    assert result.meta["intensity_range"] == value_range
+    expected = segment("cellzoo-he", apply_intensity_range(image, value_range), device="cpu", amp=False,
+                       normalize="none")
+    assert result.count == expected.count > 500
+    assert _matched_share(expected.labels, read_slide_labels(result.store)) >= 0.999

@@ -31,7 +31,7 @@ from typing import Any, Generator, Iterator, Sequence
 import numpy as np
 
 from ..types import Message, Progress, check_cancel
-from .source import SlideSource, choose_level, open_slide, tissue_mask
+from .source import SlideSource, choose_level, intensity_range, open_slide, tissue_mask
 
 #: region edge (px of the chosen level) and the margin read around it
 DEFAULT_REGION, DEFAULT_MARGIN = 2048, 96
@@ -146,7 +146,14 @@ def segment_region(model, slide: SlideSource, level: int, region: Region, scale:
     started = time.perf_counter()
     y0, x0, y1, x1 = region.window
     image = slide.read(level, y0, x0, y1 - y0, x1 - x0)
-    instances = run_to_end(segment_iter(model, image, scale=scale, **(options or {})))
+    options = dict(options or {})
+    value_range = options.pop("intensity_range", None)
+    if value_range is not None:  # the slide's own range (see source.intensity_range), the same in every region
+        from .source import apply_intensity_range
+
+        image = apply_intensity_range(image, value_range)
+        options["normalize"] = "none"
+    instances = run_to_end(segment_iter(model, image, scale=scale, **options))
     labels, classes, areas, centroids, scores = keep_core_instances(instances, region.window, region.core)
     meta = {k: instances.meta.get(k) for k in ("device", "precision")}
     return RegionResult(region.index, region.window, labels, classes, areas, centroids, scores,
@@ -365,6 +372,11 @@ def segment_slide_iter(model, slide, out_dir: str | os.PathLike, *, stem: str | 
         area = float(metadata.get("object_area") or 400.0)
         margin = int(max(64, math.ceil(3 * math.sqrt(4 * area / math.pi) / max(scale, 1e-6))))
     shape = source.levels[chosen_level]
+    value_range = intensity_range(source, options.get("normalize", "auto"))
+    if value_range is not None:
+        options["intensity_range"] = value_range
+        yield Message(f"intensities {value_range[0]:g}–{value_range[1]:g} (the slide's 1st–99.8th percentiles, "
+                      "from its thumbnail) are mapped to 0–255 in every region")
     mask, per_mask = (tissue_mask(source) if tissue else (None, 1.0))
     level_per_mask = per_mask / source.downsamples[chosen_level]
     align = int(getattr(model, "size_divisor", 1) or 1) if scale == 1.0 else 1
@@ -403,7 +415,8 @@ def segment_slide_iter(model, slide, out_dir: str | os.PathLike, *, stem: str | 
             source.close()
     return SlideResult(paths["store"], paths["table"], paths.get("geojson"), writer.next_id - 1, chosen_level, scale,
                        len(regions), skipped, time.perf_counter() - started, shape,
-                       {**meta, "margin": margin, "region": region, "scheduler": scheduler})
+                       {**meta, "margin": margin, "region": region, "scheduler": scheduler,
+                        "intensity_range": value_range})
 
 
 def segment_slide(model, slide, out_dir, on_event=None, **kwargs) -> SlideResult:

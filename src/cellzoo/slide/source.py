@@ -212,6 +212,39 @@ def choose_level(slide: SlideSource, model_pixel_size_um: float | None) -> tuple
     return best, float(scale)
 
 
+def intensity_range(slide: SlideSource, normalize: str = "auto", percentiles: tuple[float, float] = (1.0, 99.8),
+                    max_side: int = 2048) -> tuple[float, float] | None:
+    """The slide-wide (low, high) values that map to 0 and 255, from a thumbnail, or None when the engine
+    would not percentile-normalise this data (uint8, or floats already in 0–1 / 0–255 with "auto";
+    ``normalize="none"``). Per region, percentiles would stretch a dim region of a 16-bit / fluorescence
+    slide as much as a bright one, so the same nucleus would look different from region to region."""
+    if normalize == "none":
+        return None
+    thumb, _factor = slide.thumbnail(max_side)
+    data = np.asarray(thumb)
+    if normalize == "auto":
+        if data.dtype == np.uint8:
+            return None
+        if np.issubdtype(data.dtype, np.floating):
+            finite = data[np.isfinite(data)]
+            if finite.size and float(finite.min()) >= 0.0 and float(finite.max()) <= 255.0:
+                return None
+    finite = data[np.isfinite(data)] if np.issubdtype(data.dtype, np.floating) else data
+    if finite.size == 0:
+        return None
+    low, high = (float(v) for v in np.percentile(finite, percentiles))
+    return (low, max(high, low + 1.0))
+
+
+def apply_intensity_range(image: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
+    """``image`` mapped linearly so that ``value_range`` becomes 0–255 (clipped), float32."""
+    low, high = value_range
+    data = np.asarray(image, dtype=np.float32)
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        data = np.nan_to_num(data, nan=low, posinf=high, neginf=low)
+    return np.clip((data - low) * (255.0 / (high - low)), 0.0, 255.0)
+
+
 def tissue_mask(slide: SlideSource, max_side: int = 2048) -> tuple[np.ndarray | None, float]:
     """(mask, level-0 pixels per mask pixel) of where there is tissue, from a thumbnail: bright-field
     slides (RGB on a bright background) by Otsu's threshold on saturation and darkness; ``None`` for
