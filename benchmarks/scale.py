@@ -9,9 +9,11 @@ measurement runs in a fresh process and reports wall seconds, MPix/s and the pro
 - ``cluster``: the same on a dask LocalCluster of 2 single-threaded worker processes (peak RSS = the
   largest of the driver and its workers; ``--cluster-sizes``).
 
-    python benchmarks/scale.py [--sizes 2048,4096,10000] [--precision bf16,fp32] [--cluster-sizes 4096]
+    python benchmarks/scale.py [--sizes 2048,4096,10000] [--precision bf16,fp32] [--cluster-sizes 4096] [--merge]
 
 Writes ``benchmarks/results/scale.md`` (and ``scale.json``) and prints the table. Run it on a quiet machine.
+``--merge`` keeps the rows of earlier runs that this run does not measure again (each row says when it
+ran), so a long size (40000²: ~20 min per precision on 2 cores) can be added on its own.
 """
 from __future__ import annotations
 
@@ -73,12 +75,14 @@ def make_slide(path: Path, size: int, block: np.ndarray, levels: int = 3) -> Pat
                 yield out
 
     opts = dict(tile=(TILE, TILE), photometric="rgb", compression="zlib", resolutionunit="CENTIMETER", dtype=np.uint8)
-    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+    partial = path.with_name(f".{path.name}.part")  # a run cut short leaves no slide that looks complete
+    with tifffile.TiffWriter(partial, bigtiff=True) as tif:
         tif.write(tiles(1), shape=(size, size, 3), subifds=levels - 1, resolution=(1e4 / MPP, 1e4 / MPP), **opts)
         for level in range(1, levels):
             step = 2 ** level
             tif.write(tiles(step), shape=(-(-size // step), -(-size // step), 3), subfiletype=1,
                       resolution=(1e4 / (MPP * step),) * 2, **opts)
+    os.replace(partial, path)
     return path
 
 
@@ -125,14 +129,47 @@ def report(rows: list[dict], meta: dict) -> str:
              f"Written by `benchmarks/scale.py` on {meta['when']}. CPU: {meta['cpu']} ({meta['cores']} cores); "
              f"native bf16: {meta['bf16']}. Slides: pyramidal tiled TIFFs of mirrored MoNuSeg test images "
              "(tissue everywhere), 0.25 µm/px; regions of 2048² plus margin. Each row is one fresh process.", "",
-             "| size | path | precision | seconds | MPix/s | peak RSS (GiB) | nuclei |", "|---|---|---|---:|---:|---:|---:|"]
-    for r in rows:
+             "| size | path | precision | seconds | MPix/s | peak RSS (GiB) | nuclei | run at (UTC) |",
+             "|---|---|---|---:|---:|---:|---:|---|"]
+    for r in sorted(rows, key=lambda r: (r["size"], r["requested"] != "bf16", MODES.index(r["mode"]))):
+        when = (r.get("when") or meta["when"])[:16].replace("T", " ")
         if "error" in r:
-            lines.append(f"| {r['size']}² | {r['mode']} | {r['requested']} | failed: {r['error'].splitlines()[-1][:80]} | | | |")
+            lines.append(f"| {r['size']}² | {r['mode']} | {r['requested']} | failed: {r['error'].splitlines()[-1][:80]} "
+                         f"| | | | {when} |")
             continue
         lines.append(f"| {r['size']}² | {r['mode']} | {r['precision']} | {r['seconds']:.1f} | {r['mpix_per_s']:.2f} | "
-                     f"{r['peak_rss_gib']:.2f} | {r['count']} |")
+                     f"{r['peak_rss_gib']:.2f} | {r['count']} | {when} |")
+    lines += ["", *targets(rows)]
     return "\n".join(lines) + "\n"
+
+
+MODES = ("memory", "slide", "cluster")
+
+
+def targets(rows: list[dict]) -> list[str]:
+    """The issue's targets, from the rows at hand."""
+    ok = {(r["size"], r["mode"], r["requested"]): r for r in rows if "error" not in r}
+    out = ["Targets (issue 20):"]
+    for size, limit in ((10000, 3.0), (40000, 4.0)):
+        for precision in ("bf16", "fp32"):
+            r = ok.get((size, "slide", precision))
+            base = ok.get((2048, "memory", precision))
+            if r is None:
+                out.append(f"- {size}² {precision}: not run")
+                continue
+            gib = r["peak_rss_gib"] * 2 ** 30 / 1e9  # the targets are in GB
+            line = f"- {size}² {precision}: peak RSS {gib:.2f} GB (≤ {limit:g} GB: {'met' if gib <= limit else 'NOT met'})"
+            if size == 40000 and base is not None:
+                share = r["mpix_per_s"] / base["mpix_per_s"]
+                line += f"; {share:.0%} of the 2048² in-memory MPix/s (≥ 85 %: {'met' if share >= 0.85 else 'NOT met'})"
+            out.append(line)
+    for (size, mode, precision), r in sorted(ok.items()):
+        single = ok.get((size, "slide", precision))
+        if mode == "cluster" and single is not None:
+            share = r["mpix_per_s"] / single["mpix_per_s"]
+            out.append(f"- LocalCluster of 2 workers at {size}² {precision}: {share:.0%} of one process "
+                       f"(within 15 %: {'met' if share >= 0.85 else 'NOT met'})")
+    return out
 
 
 def main(argv=None) -> int:
@@ -142,6 +179,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cluster-sizes", default="4096", help="sizes also run on a LocalCluster of 2 workers")
     parser.add_argument("--memory-max", type=int, default=4096, help="largest size run in memory")
     parser.add_argument("--slides", type=Path, default=Path(tempfile.gettempdir()) / "cellzoo-scale")
+    parser.add_argument("--merge", action="store_true", help="keep earlier rows this run does not measure again")
     args = parser.parse_args(argv)
 
     import torch
@@ -169,9 +207,17 @@ def main(argv=None) -> int:
                 row.setdefault("mode", mode)
                 row.setdefault("size", size)
                 row["requested"] = precision
+                row["when"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.merge and (RESULTS / "scale.json").is_file():
+        earlier = json.loads((RESULTS / "scale.json").read_text())
+        measured = {(r["size"], r["mode"], r["requested"]) for r in rows}
+        for r in earlier["rows"]:
+            r.setdefault("when", earlier["meta"]["when"])
+            if (r["size"], r["mode"], r["requested"]) not in measured:
+                rows.append(r)
     atomic_write_text(RESULTS / "scale.json", json.dumps({"meta": meta, "rows": rows}, indent=1))
     text = report(rows, meta)
     atomic_write_text(RESULTS / "scale.md", text)
