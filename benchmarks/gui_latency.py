@@ -22,7 +22,9 @@ Run (needs an X display; software OpenGL under Xvfb is the slow case)::
 
 Writes ``benchmarks/results/gui_latency.md`` and prints the table. ``--ground-truth`` shows the mosaic's
 own labels instead of segmenting (a quick check of the Correct rows); ``GUI_LATENCY_VERBOSE=1`` prints
-where each stall over 100 ms started. Stalls depend on the load of the machine: the table header
+where each stall over 100 ms started; ``GUI_LATENCY_STACKS=1`` samples every thread's stack during each
+stall over 60 ms (what the main thread was doing, which worker call held the GIL) into
+``gui_latency_stalls.md``. Stalls depend on the load of the machine: the table header
 records the load average at the start and at the end.
 """
 from __future__ import annotations
@@ -78,6 +80,50 @@ class Probe:
         return {"longest_ms": 1000 * float(late.max()) if late.size else 0.0,
                 "late100": int((late > 0.100).sum()), "late50": int((late > 0.050).sum()),
                 "ticks": int(inside.sum()), "stalls": stalls}
+
+
+class StallSampler:
+    """Where the time goes during a stall: a watchdog thread that, once the probe's last tick is more than
+    ``threshold_ms`` old, records the innermost frames of every thread (the main thread's shows what napari /
+    our code was doing; a worker's shows which call held the GIL, if one did). ``GUI_LATENCY_STACKS=1``;
+    the samples are printed per scenario and written next to the report."""
+
+    def __init__(self, probe: "Probe", threshold_ms: float = 60.0) -> None:
+        import threading
+
+        self.probe, self.threshold = probe, threshold_ms / 1000
+        self.samples: list[tuple[float, dict[str, list[str]]]] = []
+        self.main_id = threading.main_thread().ident
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stall-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import threading
+        import traceback
+
+        sampled_tick = None
+        while not self._stop.wait(0.005):
+            ticks = self.probe.ticks
+            if not ticks:
+                continue
+            last = ticks[-1]
+            now = time.perf_counter()
+            if now - last > self.threshold and sampled_tick != last:
+                sampled_tick = last  # one sample per stall
+                names = {t.ident: t.name for t in threading.enumerate()}
+                stacks = {}
+                for ident, frame in sys._current_frames().items():
+                    if ident == threading.get_ident():
+                        continue
+                    frames = traceback.extract_stack(frame)[-6:]
+                    name = "MAIN" if ident == self.main_id else names.get(ident, str(ident))
+                    stacks[name] = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in frames]
+                self.samples.append((now - last, stacks))
+
+    def take(self) -> list[tuple[float, dict[str, list[str]]]]:
+        taken, self.samples = self.samples, []
+        return taken
 
 
 def wait(ms: int) -> None:
@@ -193,10 +239,25 @@ class Bench:
         self.viewer.window._qt_window.resize(1280, 800)
         self.app = QApplication.instance()
         self.probe = Probe()
+        self.sampler = StallSampler(self.probe) if os.environ.get("GUI_LATENCY_STACKS") else None
+        self.stack_log: list[str] = []
         self.rows: list[tuple[str, dict, str]] = []
         wait(300)
 
+    def stacks(self, name: str) -> None:
+        """Print and keep the stall samples taken since the last call, under the scenario's name."""
+        if self.sampler is None:
+            return
+        for gap, stacks in self.sampler.take():
+            self.stack_log.append(f"## {name}: stall sampled {1000 * gap:.0f} ms after the last tick")
+            for thread, frames in stacks.items():
+                if thread == "MAIN" or any("cellzoo" in f or "torch" in f or "numpy" in f for f in frames):
+                    self.stack_log.append(f"- {thread}: " + " → ".join(frames))
+        print("\n".join(self.stack_log[-40:]), flush=True)
+
     def measure(self, name: str, action, settle_ms: int = 400, note: str = "") -> dict:
+        if self.sampler is not None:
+            self.sampler.take()  # only this scenario's samples
         start = time.perf_counter()
         action()
         call = time.perf_counter() - start
@@ -204,6 +265,7 @@ class Bench:
         stats = self.probe.stats(start, time.perf_counter())
         stats["call_ms"] = 1000 * call
         self.rows.append((name, stats, note))
+        self.stacks(name)
         print(f"{name:44s} longest stall {stats['longest_ms']:7.0f} ms  (call {stats['call_ms']:6.0f} ms, "
               f">100 ms: {stats['late100']}, >50 ms: {stats['late50']}) {note}", flush=True)
         if os.environ.get("GUI_LATENCY_VERBOSE"):
@@ -272,6 +334,8 @@ class Bench:
                 applied["stop"] = time.perf_counter()
 
         widget._apply = timed_apply
+        if self.sampler is not None:
+            self.sampler.take()
         start = time.perf_counter()
         widget.run()
         took = wait_until(lambda: "stop" in applied, timeout_s=1800)
@@ -287,6 +351,7 @@ class Bench:
         layers = self.probe.stats(applied["start"], end)
         layers["call_ms"] = 1000 * (applied["stop"] - applied["start"])
         self.rows.append(("Segment: result -> layers (+2 s after)", layers, f"{count} instances"))
+        self.stacks("Segment: job + result -> layers")
         for name, stats, note in self.rows[-2:]:
             print(f"{name:44s} longest stall {stats['longest_ms']:7.0f} ms  (call {stats['call_ms']:6.0f} ms, "
                   f">100 ms: {stats['late100']}, >50 ms: {stats['late50']}) {note}", flush=True)
@@ -509,6 +574,8 @@ def default_finetune_scenarios(bench: Bench) -> None:
         job = getattr(widget, "job", None)
         return bool(job is not None and getattr(job, "running", False))
 
+    if bench.sampler is not None:
+        bench.sampler.take()
     start = time.perf_counter()
     widget.run_button.click()
     took = wait_until(lambda: not running() and widget.run_button.isEnabled(), timeout_s=bench.args.finetune_seconds)
@@ -517,6 +584,7 @@ def default_finetune_scenarios(bench: Bench) -> None:
     finished = took != float("inf")
     bench.rows.append(("Fine-tune: short run", stats, f"{bench.args.finetune_steps} steps, batch 2, crop 256, "
                        + (f"whole run {took:.0f} s" if finished else f"first {bench.args.finetune_seconds:.0f} s")))
+    bench.stacks("Fine-tune: short run")
     print(f"Fine-tune run: longest stall {stats['longest_ms']:.0f} ms, >100 ms late: {stats['late100']} "
           f"of {stats['ticks']} ticks", flush=True)
     if not finished:
@@ -603,6 +671,10 @@ Written by `benchmarks/gui_latency.py` on {now}.
 """
     atomic_write_text(args.out, text)
     print(f"wrote {args.out}")
+    if bench.stack_log:
+        stalls = args.out.with_name(args.out.stem + "_stalls.md")
+        atomic_write_text(stalls, "# Stall samples (GUI_LATENCY_STACKS=1)\n\n" + "\n".join(bench.stack_log) + "\n")
+        print(f"wrote {stalls}")
     bench.viewer.close()
     return 0
 
