@@ -141,3 +141,23 @@ def test_threshold_variants_come_back_at_the_image_size_when_the_model_rescales(
     labels = run_to_end(segmentation_variants("cellzoo-fluo", image, variants=()))
     assert len(labels) == 3 and {lab.shape for lab in labels} == {image.shape}
     assert all(lab.max() > 0 for lab in labels)
+
+
+def test_a_model_of_the_other_modality_ranks_by_colour_and_texture(monuseg_images):
+    """cellzoo-fluo cannot see H&E nuclei: "auto" features fall back to the image's colour / texture (and no
+    inconsistency), says so, and ranks exactly as without a model; "model" still uses the model."""
+    from cellzoo.types import Message
+    from cellzoo.zoo import load_model
+
+    fluo = load_model("cellzoo-fluo")
+    events = []
+    auto = run_to_end(suggest_iter(monuseg_images[:1], fluo, n=3, seed=0), events.append)
+    messages = [e.text for e in events if isinstance(e, Message)]
+    assert any("colour and texture only" in m and "fluorescence" in m for m in messages)
+    assert all(p.inconsistency == 0.0 for p in auto)
+    without = suggest_patches(monuseg_images[:1], None, n=3, seed=0)
+    assert [(p.y, p.x) for p in auto] == [(p.y, p.x) for p in without]
+    forced = suggest_patches(monuseg_images[:1], fluo, n=3, seed=0, features="model")
+    assert any(p.inconsistency > 0 for p in forced)
+    with pytest.raises(ValueError, match="features must be"):
+        suggest_patches(monuseg_images[:1], fluo, features="pixels")

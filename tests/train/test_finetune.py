@@ -159,9 +159,8 @@ def test_the_required_gain_grows_as_the_held_out_data_shrinks(monuseg):
 
 
 def test_the_tuned_model_runs_at_the_size_of_the_corrected_nuclei(monuseg, tmp_path):
-    """cellzoo-fluo rescales images ("auto") towards nuclei of 150 px; tuned on MoNuSeg (~400 px nuclei) it must
-    aim at the corrected nuclei's size, in memory and in the saved file, or inference shrinks the very images
-    it was tuned on."""
+    """cellzoo-fluo rescales images ("auto") towards nuclei of 150 px; tuned on MoNuSeg patches it runs at their
+    scale (1) and an explicit "auto" aims at the corrected nuclei's size, in memory and in the saved file."""
     from cellzoo.train.finetune import tuned_metadata
     from cellzoo.zoo.weights import load_weights
 
@@ -173,16 +172,19 @@ def test_the_tuned_model_runs_at_the_size_of_the_corrected_nuclei(monuseg, tmp_p
     model = resolve_model("cellzoo-fluo")
     base_meta = dict(model.metadata)
     assert base_meta["default_scale"] == "auto" and base_meta["object_area"] == 150
-    assert tuned_metadata(base_meta, data.train)["object_area"] == corrected_area > 250
+    assert tuned_metadata(base_meta, data.train)["object_area"] == corrected_area != 150
+    assert tuned_metadata(base_meta, data.train)["default_scale"] == 1.0
     assert "object_area" not in tuned_metadata(dict(resolve_model("cellzoo-he").metadata), data.train)
 
     recipe = FinetuneRecipe(steps=2, warmup_steps=0, eval_every=1, crop=128, batch_size=2, seed=0)
     result = finetune(model, data, recipe, device="cpu", out_dir=tmp_path)
-    assert any(f"median area {corrected_area:.0f} px (base: 150 px)" in note for note in result.notes)
+    assert any("runs at scale 1" in note and f"median area {corrected_area:.0f} px (base: 150 px)" in note
+               for note in result.notes)
     saved = read_metadata(result.best_path)
-    assert saved["default_scale"] == "auto" and saved["object_area"] == corrected_area
+    assert saved["default_scale"] == 1.0 and saved["object_area"] == corrected_area
     assert saved["scale_range"] == base_meta["scale_range"]
     _tuned, loaded_meta = load_weights(result.best_path)
     assert loaded_meta["object_area"] == corrected_area
     # in memory: the tuned metadata when the tuned weights were kept, the base's own when the base was
     assert model.metadata["object_area"] == (corrected_area if result.improved else 150)
+    assert model.metadata["default_scale"] == (1.0 if result.improved else "auto")

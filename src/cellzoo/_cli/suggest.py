@@ -45,7 +45,7 @@ def _write_geojson(path: Path, patches, paths: list[Path]) -> list[Path]:
 def run(args) -> int:
     from ..annotate.suggest import suggest_iter, suggestion_rows, write_suggestions_csv
     from ..data.io import read_image
-    from ..types import Progress, run_to_end
+    from ..types import Message, Progress, run_to_end
     from .segment import _collect_inputs, _default_model
 
     if args.n < 1:
@@ -71,6 +71,8 @@ def run(args) -> int:
     def report(event):
         if isinstance(event, Progress):
             print(f"  {event.done}/{event.total} {event.message}", file=sys.stderr)
+        elif isinstance(event, Message):
+            print(f"  {event.text}", file=sys.stderr)
 
     patches = run_to_end(suggest_iter(images, model, n=args.n, patch=args.patch, device=args.device,
                                       seed=args.seed), report)

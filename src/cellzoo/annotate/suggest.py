@@ -40,7 +40,6 @@ pass's maps). Per box, ``inconsistency = 1 − mean PQ`` between the identity se
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any, Generator, Sequence
 
@@ -406,20 +405,36 @@ def _as_image_list(images) -> list:
     return images
 
 
+def foreign_images(model, images) -> str | None:
+    """Why ``model`` cannot judge ``images`` (it was trained on the other modality: fluorescence vs a
+    brightfield stain, :func:`cellzoo.infer.checks.modality_warning` on the first image), else None."""
+    from ..infer.checks import modality_warning
+
+    metadata = getattr(model, "metadata", None) or {}
+    return modality_warning(np.asarray(images[0]), metadata) if len(images) else None
+
+
 def suggest_iter(images, model=None, *, n: int = 6, patch: int = 256, device: str = "cpu", seed: int = 0,
-                 cancel=None, variants=DEFAULT_VARIANTS,
-                 thresholds=THRESHOLD_OFFSETS) -> Generator[Progress, None, list[SuggestedPatch]]:
+                 cancel=None, variants=DEFAULT_VARIANTS, thresholds=THRESHOLD_OFFSETS,
+                 features: str = "auto") -> Generator[Any, None, list[SuggestedPatch]]:
     """Rank ``patch``² boxes of ``images`` (one array or a list) to annotate next; returns up to ``n``.
 
     ``model``: a CellModel, zoo name or .safetensors path (features and inconsistency), or None
-    (colour/texture features, representativeness only). Yields ``Progress("suggest", done, total)``.
-    See the module docstring for the method."""
+    (colour/texture features, representativeness only). ``features``: ``"model"``, ``"image"`` (colour /
+    texture, and no inconsistency) or ``"auto"``: the model's own where it was trained on this kind of image,
+    the image's where it was not (a fluorescence model on H&E, or the reverse) — a model that cannot see the
+    nuclei clusters and disagrees about the wrong things, as the seed's generic ImageNet features did not;
+    measured in benchmarks/results/finetune.md. Yields ``Progress("suggest", done, total)`` and a
+    :class:`~cellzoo.types.Message` saying which features were used. See the module docstring for the method."""
     from ..infer.prepare import prepare_image
+    from ..types import Message
 
     if int(n) < 1:
         raise ValueError(f"n must be at least 1 (the number of patches to suggest); got {n}")
     if int(patch) < 16:
         raise ValueError(f"patch must be at least 16 pixels; got {patch}")
+    if features not in ("auto", "model", "image"):
+        raise ValueError(f"features must be 'auto', 'model' or 'image'; got {features!r}")
     image_list = _as_image_list(images)
     use_model_features = False
     if model is not None:
@@ -428,7 +443,13 @@ def suggest_iter(images, model=None, *, n: int = 6, patch: int = 256, device: st
 
         model = resolve_model(model)
         torch_device, _ = select_device(device)
-        use_model_features = feature_module(model) is not None
+        foreign = foreign_images(model, image_list) if features == "auto" else None
+        if features == "image" or foreign:
+            yield Message("ranking by colour and texture only (representativeness, no inconsistency)"
+                          + (f": {foreign}" if foreign else ""))
+            model = None
+        else:
+            use_model_features = feature_module(model) is not None
     steps_per_image = 1 + (1 + len(variants) + len(thresholds) if model is not None else 0)
     total = len(image_list) * steps_per_image + 1
     done = 0

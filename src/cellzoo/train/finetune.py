@@ -406,12 +406,15 @@ INHERITED_METADATA = ("class_names", "class_colors", "normalization", "pixel_siz
 
 
 def tuned_metadata(base_meta: dict[str, Any], train: Sequence[Sample]) -> dict[str, Any]:
-    """How to run the tuned model: the base's run settings, with ``object_area`` (what scale "auto" aims
-    at) moved to the median area of the corrected nuclei. The tuned model learns the corrections at their
-    own size; keeping the base's area would make "auto" resize the user's images away from it at inference
-    (cellzoo-fluo, area 150, fine-tuned on MoNuSeg nuclei of ~400 px: test images were shrunk to 0.6× while
-    the small held-out stripes, with too few nuclei for "auto", ran at 1× — held-out AJI 0.49, test 0.07)."""
+    """How to run the tuned model: the base's run settings, except that it runs at the corrections' own scale
+    (``default_scale`` 1 where the base's was "auto") and ``object_area`` (what an explicit scale "auto" aims
+    at) becomes the median area of the corrected nuclei. The tuned model learnt the user's images at their
+    size; "auto" decides the size from the model's own first pass, and a model tuned on two patches is not yet
+    sure enough for that: measured (cellzoo-fluo tuned on 2 MoNuSeg patches, held-out AJI 0.53), "auto" shrank
+    four MoNuSeg test images to 0.50–0.73× (AJI 0.035–0.060) where scale 1 gave 0.078–0.181."""
     meta = {key: base_meta[key] for key in INHERITED_METADATA if base_meta.get(key) is not None}
+    if meta.get("default_scale") == "auto":
+        meta["default_scale"] = 1.0
     if meta.get("object_area"):
         from ..infer.engine import AUTO_SCALE_MIN_OBJECTS
 
@@ -495,9 +498,11 @@ def finetune_iter(model, data: FinetuneData, recipe: FinetuneRecipe | None = Non
     base_state = _state_copy(model)
     base_meta = dict(getattr(model, "metadata", None) or {})
     run_meta = tuned_metadata(base_meta, data.train)
-    if run_meta.get("object_area") != base_meta.get("object_area"):
-        notes.append(f"scale \"auto\" of the tuned model aims at the corrected nuclei's median area "
-                     f"{run_meta['object_area']:.0f} px (base: {base_meta['object_area']:.0f} px)")
+    if run_meta.get("default_scale") != base_meta.get("default_scale"):
+        notes.append(f"the tuned model runs at scale 1, the scale of the corrections (the base: "
+                     f"{base_meta.get('default_scale')}); scale \"auto\", when asked for, aims at the corrected "
+                     f"nuclei's median area {run_meta.get('object_area', 0):.0f} px (base: "
+                     f"{base_meta.get('object_area', 0):.0f} px)")
         yield Message(notes[-1])
     # the tuned model is scored as it will run: with its own metadata
     model.metadata = {**base_meta, **run_meta}
