@@ -117,6 +117,9 @@ class StallSampler:
                     if ident == threading.get_ident():
                         continue
                     frames = traceback.extract_stack(frame)[-6:]
+                    if ident != self.main_id and (not frames or frames[-1].name in (
+                            "wait", "_wait_for_tstate_lock", "select", "poll")):
+                        continue  # idle threads (pools, timers) say nothing about the stall
                     name = "MAIN" if ident == self.main_id else names.get(ident, str(ident))
                     stacks[name] = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in frames]
                 self.samples.append((now - last, stacks))
@@ -251,8 +254,8 @@ class Bench:
         for gap, stacks in self.sampler.take():
             self.stack_log.append(f"## {name}: stall sampled {1000 * gap:.0f} ms after the last tick")
             for thread, frames in stacks.items():
-                if thread == "MAIN" or any("cellzoo" in f or "torch" in f or "numpy" in f for f in frames):
-                    self.stack_log.append(f"- {thread}: " + " → ".join(frames))
+                # every thread: a worker's innermost frames show the call that held the GIL, if one did
+                self.stack_log.append(f"- {thread}: " + " → ".join(frames))
         print("\n".join(self.stack_log[-40:]), flush=True)
 
     def measure(self, name: str, action, settle_ms: int = 400, note: str = "") -> dict:
