@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_model  # noqa: E402
+from _machine import cpu_model, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -165,14 +165,7 @@ def main(argv=None) -> int:
     for r in rows:
         lines.append(f"| {r['size']}² | {r['cellzoo_s']:.2f} | {r['mpix'] / r['cellzoo_s']:.2f} | {r['stardist_s']:.2f} | "
                      f"{r['mpix'] / r['stardist_s']:.2f} | {r['ratio']:.2f}× | {r['cellzoo_objects']} / {r['stardist_objects']} |")
-    text = "\n".join(lines) + "\n"
-    sys.path.insert(0, str(REPO / "src"))
-    from cellzoo._atomic import atomic_write_text
-
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(RESULTS / "peers.json", json.dumps(rows, indent=1))
-    atomic_write_text(RESULTS / "peers.md", text)
-    print(text)
+    write_results(RESULTS, "peers", rows, "\n".join(lines) + "\n")
     return 0
 
 

@@ -18,14 +18,13 @@ import datetime as dt
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_model  # noqa: E402
-from peers import make_mosaic  # noqa: E402
+from _machine import cpu_model, write_results  # noqa: E402
+from peers import make_mosaic, run_child  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -58,10 +57,7 @@ print(json.dumps({{"seconds": seconds, "objects": result.count, "tiles": result.
 def run(image: Path, labels: Path, precision: str, options: dict) -> dict:
     code = CHILD.format(src=str(REPO / "src"), image=str(image), labels=str(labels), amp=precision == "bf16",
                         options=options)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr[-2000:])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(sys.executable, code)
 
 
 def main(argv=None) -> int:
@@ -121,14 +117,7 @@ def main(argv=None) -> int:
             if old and new:
                 lines.append(f"- {precision} {size}²: auto {old['seconds'] / new['seconds']:.2f}× as fast as the old plan; "
                              f"AJI {new['aji'] - old['aji']:+.4f}, PQ {new['pq'] - old['pq']:+.4f}")
-    text = "\n".join(lines) + "\n"
-    sys.path.insert(0, str(REPO / "src"))
-    from cellzoo._atomic import atomic_write_text
-
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(RESULTS / "tiling.json", json.dumps(rows, indent=1))
-    atomic_write_text(RESULTS / "tiling.md", text)
-    print(text)
+    write_results(RESULTS, "tiling", rows, "\n".join(lines) + "\n")
     return 0
 
 
