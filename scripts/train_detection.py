@@ -30,6 +30,7 @@ from cellzoo.data import load_shared_dataset
 from cellzoo.infer import segment
 from cellzoo.infer.device import select_device
 from cellzoo.metrics import coco_ap, dsb_ap, panoptic_quality
+from cellzoo.metrics.evaluate import evaluate
 from cellzoo.models import build_model
 from cellzoo.models.cascade import CascadeConfig
 from cellzoo.models.scts import SCTSConfig
@@ -52,7 +53,8 @@ def build(args, class_names: list[str]):
 
 
 def test_metrics(model, samples, device: str) -> dict[str, float]:
-    """COCO mask AP / AP50 / AP75 (maxDets up to 1000), DSB-style AP@0.5 and PQ, means over the images."""
+    """COCO mask AP / AP50 / AP75 (maxDets up to 1000), DSB-style AP@0.5 and PQ as means over the images and
+    pooled over them, and AJI."""
     gts, preds, scores, dsb, pq = [], [], [], [], []
     for sample in samples:
         result = segment(model, sample.image, device=device, amp=False)
@@ -62,8 +64,11 @@ def test_metrics(model, samples, device: str) -> dict[str, float]:
         dsb.append(dsb_ap(sample.labels, result.labels, 0.5))
         pq.append(panoptic_quality(sample.labels, result.labels)["pq"])
     coco = coco_ap(gts, preds, scores)
+    pooled = evaluate(gts, preds).summary  # counts summed over images first (StarDist's protocol)
     return {"coco_ap": coco["ap"], "coco_ap50": coco["ap50"], "coco_ap75": coco["ap75"],
-            "dsb_ap50": float(np.mean(dsb)), "pq": float(np.mean(pq)), "images": len(samples)}
+            "dsb_ap50": float(np.mean(dsb)), "pooled_dsb_ap50": float(pooled["pooled_dsb_ap50"]),
+            "pq": float(np.mean(pq)), "pooled_pq": float(pooled["pooled_pq"]), "aji": float(pooled["aji"]),
+            "images": len(samples)}
 
 
 def main(argv=None) -> int:

@@ -184,6 +184,8 @@ def segment_detection_iter(model, tensor: torch.Tensor, plan, *, batch_size: int
     score_threshold = float(params.get("score_threshold", 0.5))
     mask_threshold = float(params.get("mask_threshold", 0.5))
     tile_h, tile_w = plan.tile_shape
+    if hasattr(model, "fit_proposals_to_tile"):
+        model.fit_proposals_to_tile(tile_h * tile_w)
     halo = plan.halo
     positions = plan.positions
     tiles: list[TileDetections] = []
