@@ -24,7 +24,7 @@ def test_suggest_folder_writes_ranked_csv_and_geojson(tmp_path, shared_data, cap
     with open(out, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["rank", "image", "y", "x", "size", "score", "representativeness", "inconsistency",
-                             "cluster"]
+                             "nuclear_content", "cluster"]
     assert [int(r["rank"]) for r in rows] == [1, 2, 3, 4] and {r["size"] for r in rows} == {"256"}
     assert all(r["image"].startswith(str(folder)) for r in rows)
     # one GeoJSON per image holding suggestions, rectangles named by rank

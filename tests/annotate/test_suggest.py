@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from cellzoo.annotate.suggest import (SuggestedPatch, box_inconsistency, candidate_boxes, grid_positions,
-                                      suggest_iter, suggest_patches, suggestions_geojson, two_stage_distance)
+                                      nuclear_content_map, suggest_iter, suggest_patches, suggestions_geojson,
+                                      two_stage_distance)
 from cellzoo.data.io import read_image, read_labels
 from cellzoo.types import CancelToken, Cancelled, Progress, run_to_end
 
@@ -67,7 +68,9 @@ def test_suggest_with_model_is_ranked_diverse_and_stable(monuseg_images, he_mode
 def test_suggest_folder_of_images_without_model_is_stable(monuseg_images):
     patches = suggest_patches(monuseg_images, None, n=6, seed=3)
     _check_ranked(patches, 6, [im.shape for im in monuseg_images])
-    assert all(p.inconsistency == 0 and p.score == p.representativeness for p in patches)
+    # no model, no inconsistency: the estimated nuclear share of the box takes its place
+    assert all(p.inconsistency == 0 and np.isclose(p.score, p.representativeness * p.nuclear_content)
+               for p in patches)
     assert len({p.cluster for p in patches}) == 6
     # 2 × 3×3 candidate boxes: both images are among the suggestions
     assert {p.image_index for p in patches} == {0, 1}
@@ -161,3 +164,26 @@ def test_a_model_of_the_other_modality_ranks_by_colour_and_texture(monuseg_image
     assert any(p.inconsistency > 0 for p in forced)
     with pytest.raises(ValueError, match="features must be"):
         suggest_patches(monuseg_images[:1], fluo, features="pixels")
+
+
+def test_the_nuclear_content_estimate_follows_the_true_nuclei_and_steers_a_modelless_pick(shared_data):
+    """Haematoxylin above Otsu (H&E) / brightness above Otsu (fluorescence): box means correlate with the true
+    nuclear share of real 256² boxes; without a model the first pick holds more nuclei than the median box."""
+    from cellzoo.data import load_shared_dataset
+    from cellzoo.infer.prepare import prepare_image
+
+    for dataset, floor in (("monuseg2018", 0.5), ("dsb2018", 0.6)):
+        samples = [s for s in load_shared_dataset(dataset, "train", root=shared_data)
+                   if min(s.labels.shape) >= 256][:8]
+        estimated, true = [], []
+        for sample in samples:
+            prepared = prepare_image(sample.image)
+            content, stride = nuclear_content_map(prepared)
+            assert content.shape[:2] == tuple(-(-n // stride) for n in prepared.shape[:2])
+            for y, x, size in candidate_boxes(prepared.shape[:2], 256):
+                estimated.append(content[y // 2:(y + size) // 2, x // 2:(x + size) // 2].mean())
+                true.append((sample.labels[y:y + size, x:x + size] > 0).mean())
+        assert np.corrcoef(estimated, true)[0, 1] >= floor, dataset
+        first = suggest_patches([s.image for s in samples], None, n=1, seed=0)[0]
+        picked = samples[first.image_index].labels[first.y:first.y + 256, first.x:first.x + 256]
+        assert (picked > 0).mean() >= np.median(true), dataset

@@ -15,7 +15,7 @@ def add_arguments(parser):
     parser.add_argument("--model", "-m", default=None,
                         help="model whose features and disagreements rank the patches: a name from `cellzoo zoo "
                              "list` or a .safetensors file (default: the default H&E model); 'none': colour/"
-                             "texture features only, no inconsistency")
+                             "texture features only, no inconsistency: the estimated nuclear share of each patch takes its place")
     parser.add_argument("--n", type=int, default=6, help="how many patches to suggest (default: 6)")
     parser.add_argument("--patch", type=int, default=256, help="patch edge in pixels (default: 256)")
     parser.add_argument("--seed", type=int, default=0, help="k-means seed (default: 0; same seed, same ranking)")
@@ -78,11 +78,13 @@ def run(args) -> int:
                                       seed=args.seed), report)
     names = [str(path) for path in paths]
     rows = suggestion_rows(patches, names)
-    header = f"{'rank':>4} {'y':>6} {'x':>6} {'size':>5} {'score':>7} {'repr':>6} {'incons':>6} {'cl':>3}  image"
+    header = (f"{'rank':>4} {'y':>6} {'x':>6} {'size':>5} {'score':>7} {'repr':>6} {'incons':>6} {'nuclei':>6} "
+              f"{'cl':>3}  image")
     print(header)
     for row in rows:
         print(f"{row['rank']:>4} {row['y']:>6} {row['x']:>6} {row['size']:>5} {row['score']:>7.4f} "
-              f"{row['representativeness']:>6.3f} {row['inconsistency']:>6.3f} {row['cluster']:>3}  {row['image']}")
+              f"{row['representativeness']:>6.3f} {row['inconsistency']:>6.3f} {row['nuclear_content']:>6.3f} "
+              f"{row['cluster']:>3}  {row['image']}")
     written = []
     if out.suffix.lower() == ".csv":
         written.append(write_suggestions_csv(out, patches, names))

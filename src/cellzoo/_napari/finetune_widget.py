@@ -171,7 +171,7 @@ def suggestion_shapes(patches) -> tuple[list[np.ndarray], dict[str, list]]:
     rectangles = [np.array([[p.y, p.x], [p.y, p.x + p.size], [p.y + p.size, p.x + p.size], [p.y + p.size, p.x]],
                            dtype=float) for p in patches]
     features = {key: [getattr(p, key) for p in patches]
-                for key in ("rank", "score", "representativeness", "inconsistency", "cluster")}
+                for key in ("rank", "score", "representativeness", "inconsistency", "nuclear_content", "cluster")}
     return rectangles, features
 
 
@@ -545,7 +545,8 @@ class FinetuneWidget(QWidget):
         self.suggest_status.setText(
             f"{len(patches)} patch(es) to correct first, in order (layer '{name}')"
             + (f"; #1 at y {best.y}, x {best.x}: inconsistency {best.inconsistency:.2f}, "
-               f"representativeness {best.representativeness:.2f}" if best else ""))
+               f"representativeness {best.representativeness:.2f}, nuclei ~{best.nuclear_content:.0%} of it"
+               if best else ""))
 
     def refresh_pairs(self, *_: Any) -> None:
         candidates = self._pair_candidates()

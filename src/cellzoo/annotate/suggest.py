@@ -70,6 +70,8 @@ class SuggestedPatch:
     representativeness: float
     inconsistency: float
     cluster: int
+    #: estimated share of the box that is nuclei (:func:`nuclear_content_map`)
+    nuclear_content: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -155,6 +157,27 @@ def colour_texture_map(prepared: np.ndarray) -> tuple[np.ndarray, int]:
     channels = [small[..., 0], small[..., 1], small[..., 2], grad]
     stack = np.stack(channels + [c * c for c in channels], axis=2)
     return stack, 2
+
+
+def nuclear_content_map(prepared: np.ndarray) -> tuple[np.ndarray, int]:
+    """Where the nuclei probably are, without a model, on a 2× downsampled copy (h×w×1 of 0/1, stride 2):
+    the nuclear stain above its Otsu threshold in this image — the haematoxylin optical density of a
+    bright-field image (scikit-image's colour deconvolution), the brightness of a fluorescence image.
+    Correlation of its box means with the true nuclear share of 256² MoNuSeg / DSB boxes: 0.63 / 0.81
+    (a darkness threshold on MoNuSeg: 0.36)."""
+    from skimage.color import rgb2hed
+    from skimage.filters import threshold_otsu
+
+    from ..infer.checks import image_modality
+
+    small = np.asarray(prepared[::2, ::2], np.float32)
+    if image_modality(prepared) == "fluorescence":
+        signal = small.mean(axis=2)
+    else:
+        signal = rgb2hed(np.clip(small / 255.0, 0.0, 1.0))[..., 0]
+    if not np.isfinite(signal).all() or float(signal.max()) <= float(signal.min()):
+        return np.zeros(signal.shape + (1,), np.float32), 2
+    return (signal > threshold_otsu(signal)).astype(np.float32)[..., None], 2
 
 
 def _moments_to_features(means: np.ndarray) -> np.ndarray:
@@ -350,14 +373,21 @@ def box_inconsistency(labels: Sequence[np.ndarray], boxes: Sequence[tuple[int, i
 
 # ----------------------------------------------------------------------------- ranking
 def rank_patches(boxes: Sequence[tuple[int, int, int, int]], distance: np.ndarray, clusters: np.ndarray,
-                 inconsistency: np.ndarray | None, n: int) -> list[SuggestedPatch]:
-    """Pick up to ``n`` non-overlapping boxes (image, y, x, size), one per cluster first (see module doc)."""
+                 inconsistency: np.ndarray | None, n: int, content: np.ndarray | None = None) -> list[SuggestedPatch]:
+    """Pick up to ``n`` non-overlapping boxes (image, y, x, size), one per cluster first (see module doc).
+    ``content``: estimated nuclear share per box; it takes the inconsistency's place where there is none."""
     distance = np.asarray(distance, float)
     reference = float(np.median(distance)) if distance.size else 0.0
     representativeness = 1.0 / (1.0 + distance / reference) if reference > 0 else np.ones_like(distance)
-    uncertain = inconsistency is not None
-    inconsistency = np.zeros_like(distance) if inconsistency is None else np.asarray(inconsistency, float)
-    score = representativeness * inconsistency if uncertain else representativeness.copy()
+    content = np.zeros_like(distance) if content is None else np.asarray(content, float)
+    if inconsistency is not None:
+        inconsistency = np.asarray(inconsistency, float)
+        weight = inconsistency
+    else:
+        inconsistency = np.zeros_like(distance)
+        weight = content if content.any() else None
+    uncertain = weight is not None
+    score = representativeness * weight if uncertain else representativeness.copy()
     picked: list[int] = []
 
     def free(index: int) -> bool:
@@ -368,7 +398,7 @@ def rank_patches(boxes: Sequence[tuple[int, int, int, int]], distance: np.ndarra
     for cluster in np.unique(clusters):
         members = np.flatnonzero(clusters == cluster)
         if uncertain:
-            members = members[inconsistency[members] >= np.median(inconsistency[members])]
+            members = members[weight[members] >= np.median(weight[members])]
         order = members[np.lexsort((members, distance[members]))]
         proposals.append((cluster, order))
     proposals.sort(key=lambda item: (-score[item[1][0]], int(item[1][0])))
@@ -391,7 +421,7 @@ def rank_patches(boxes: Sequence[tuple[int, int, int, int]], distance: np.ndarra
     return [SuggestedPatch(rank=rank + 1, image_index=int(boxes[i][0]), y=int(boxes[i][1]), x=int(boxes[i][2]),
                            size=int(boxes[i][3]), score=float(score[i]),
                            representativeness=float(representativeness[i]), inconsistency=float(inconsistency[i]),
-                           cluster=int(clusters[i]))
+                           cluster=int(clusters[i]), nuclear_content=float(content[i]))
             for rank, i in enumerate(first + rest)]
 
 
@@ -455,7 +485,7 @@ def suggest_iter(images, model=None, *, n: int = 6, patch: int = 256, device: st
     done = 0
     yield Progress("suggest", 0, total, "features")
     boxes: list[tuple[int, int, int, int]] = []
-    patch_features, quadrant_features, inconsistency = [], [], []
+    patch_features, quadrant_features, inconsistency, content = [], [], [], []
     for index, image in enumerate(image_list):
         check_cancel(cancel)
         array = np.asarray(image)
@@ -469,6 +499,9 @@ def suggest_iter(images, model=None, *, n: int = 6, patch: int = 256, device: st
         patch_features.append(_box_means(summed, [(y, x, s, s) for y, x, s in image_boxes], stride))
         quads = [q for y, x, s in image_boxes for q in _quadrants(y, x, s)]
         quadrant_features.append(_box_means(summed, quads, stride).reshape(len(image_boxes), 4, -1))
+        content_map, content_stride = nuclear_content_map(prepared)
+        content.append(_box_means(_summed_area(content_map), [(y, x, s, s) for y, x, s in image_boxes],
+                                  content_stride)[:, 0])
         done += 1
         yield Progress("suggest", done, total, f"image {index + 1}: features")
         if model is not None:
@@ -491,7 +524,8 @@ def suggest_iter(images, model=None, *, n: int = 6, patch: int = 256, device: st
         quadrants = (quadrants - mean) / std
     distance, clusters = two_stage_distance(features, quadrants, min(int(n), len(features)), seed)
     result = rank_patches(boxes, distance, clusters,
-                          np.concatenate(inconsistency) if model is not None else None, int(n))
+                          np.concatenate(inconsistency) if model is not None else None, int(n),
+                          content=np.concatenate(content))
     yield Progress("suggest", total, total, f"{len(result)} patches suggested")
     return result
 
@@ -513,7 +547,8 @@ def suggest_patches(images, model=None, **kwargs) -> list[SuggestedPatch]:
 
 
 # ----------------------------------------------------------------------------- output
-CSV_COLUMNS = ("rank", "image", "y", "x", "size", "score", "representativeness", "inconsistency", "cluster")
+CSV_COLUMNS = ("rank", "image", "y", "x", "size", "score", "representativeness", "inconsistency", "nuclear_content",
+               "cluster")
 
 
 def suggestion_rows(patches: Sequence[SuggestedPatch], image_names: Sequence[str] | None = None) -> list[dict]:
@@ -523,7 +558,8 @@ def suggestion_rows(patches: Sequence[SuggestedPatch], image_names: Sequence[str
         name = image_names[p.image_index] if image_names is not None else str(p.image_index)
         rows.append({"rank": p.rank, "image": name, "y": p.y, "x": p.x, "size": p.size,
                      "score": round(p.score, 6), "representativeness": round(p.representativeness, 6),
-                     "inconsistency": round(p.inconsistency, 6), "cluster": p.cluster})
+                     "inconsistency": round(p.inconsistency, 6), "nuclear_content": round(p.nuclear_content, 6),
+                     "cluster": p.cluster})
     return rows
 
 
@@ -557,5 +593,6 @@ def suggestions_geojson(patches: Sequence[SuggestedPatch]) -> dict:
                                         "measurements": {"rank": p.rank, "score": p.score,
                                                          "representativeness": p.representativeness,
                                                          "inconsistency": p.inconsistency,
+                                                         "nuclear_content": p.nuclear_content,
                                                          "cluster": p.cluster}}})
     return {"type": "FeatureCollection", "features": features}
