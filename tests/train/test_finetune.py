@@ -50,6 +50,21 @@ def test_exact_and_near_duplicates_are_found_whatever_the_source(monuseg):
     assert any("duplicate" in note for note in data.notes) and any("also training" in note for note in data.notes)
 
 
+def test_a_few_images_each_keep_their_tissue_in_training_and_many_hold_out_whole_images(monuseg):
+    """Four corrected patches: a stripe of each is held out (every tissue trains, all are judged); eight or
+    more: whole images are held out, seeded."""
+    four = [_region(monuseg[i % 3], 256 * (i // 3), 0, 256, 256, f"patch {i}") for i in range(4)]
+    data = prepare_finetune_data(four)
+    assert data.holdout_region and len(data.train) == len(data.val) == 4
+    assert all(t.image.shape == (256, 256 - 64 - 16, 3) and v.image.shape == (256, 64, 3)
+               for t, v in zip(data.train, data.val))
+    eight = [_region(monuseg[i % 3], 256 * (i // 3), 0, 256, 256, f"patch {i}") for i in range(8)]
+    data = prepare_finetune_data(eight, seed=3)
+    assert not data.holdout_region and len(data.train) == 6 and len(data.val) == 2
+    assert {s.name for s in data.train}.isdisjoint({s.name for s in data.val})
+    assert data.notes == ["held out 2 of 8 images for validation"]
+
+
 def test_one_image_holds_out_a_region_and_says_so(monuseg):
     sample = _region(monuseg[0], 0, 0, 400, 600)
     data = prepare_finetune_data([sample])
