@@ -92,7 +92,7 @@ def test_outputs_ome_zarr_table_and_geojson_in_slide_coordinates(slide_path, tmp
     model = load_model("cellzoo-he")
     model = model[0] if isinstance(model, tuple) else model
     model.metadata = {**model.metadata, "pixel_size_um": 0.5}
-    result = segment_slide(model, slide_path, tmp_path, region=256, geojson=True, device="cpu")
+    result = segment_slide(model, slide_path, tmp_path, region=256, geojson=True, parquet=True, device="cpu")
     assert result.level == 1 and result.shape == (512, 512) and result.count > 50
     group = zarr.open_group(str(result.store), mode="r")
     multiscales = group.attrs["multiscales"][0]
@@ -111,6 +111,16 @@ def test_outputs_ome_zarr_table_and_geojson_in_slide_coordinates(slide_path, tmp
     assert float(row["centroid_y"]) == pytest.approx(ys.mean() * 2, abs=0.1)  # level-0 pixels
     assert float(row["centroid_x_um"]) == pytest.approx(xs.mean() * 2 * MPP, abs=0.05)
     assert int(row["area_px"]) == ys.size and row["class_name"] in model.class_names
+    # the Parquet copy: the same rows, typed (ints, floats, strings; no pixel size → null microns² not used)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(result.parquet)
+    assert table.column_names == list(rows[0]) and table.num_rows == result.count
+    assert str(table.schema.field("id").type) == "int64" and str(table.schema.field("score").type) == "double"
+    assert table.column("id").to_pylist() == [int(r["id"]) for r in rows]
+    assert table.column("centroid_x_um").to_pylist() == pytest.approx([float(r["centroid_x_um"]) for r in rows])
+    assert table.column("class_name").to_pylist() == [r["class_name"] for r in rows]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
 
     features = json.loads(result.geojson.read_text())["features"]
     assert len(features) == result.count
@@ -190,11 +200,12 @@ def test_a_local_cluster_gives_the_single_process_result(slide_path, tmp_path):
 def test_cli_segments_a_slide_region_by_region(slide_path, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "cellzoo.cli", "segment", str(slide_path), "--out", str(out),
-                           "--region", "512", "--device", "cpu", "--geojson"], capture_output=True, text=True,
+                           "--region", "512", "--device", "cpu", "--geojson", "--parquet"], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "mosaic.tif: " in proc.stdout and "4 regions" in proc.stdout and "level 0 (1024×1024)" in proc.stdout
-    assert {p.name for p in out.iterdir()} == {"mosaic.ome.zarr", "mosaic_nuclei.csv", "mosaic.geojson"}
+    assert {p.name for p in out.iterdir()} == {"mosaic.ome.zarr", "mosaic_nuclei.csv", "mosaic.geojson",
+                                               "mosaic_nuclei.parquet"}
     again = subprocess.run([sys.executable, "-m", "cellzoo.cli", "segment", str(slide_path), "--out", str(out)],
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr

@@ -51,7 +51,7 @@ def add_arguments(parser):
     slide = parser.add_argument_group(
         "whole slides", "SVS / NDPI / pyramidal TIFF / OME-Zarr inputs (and any input with --region or --scheduler) "
         "are segmented region by region in bounded memory into <stem>.ome.zarr + <stem>_nuclei.csv "
-        "(+ <stem>.geojson)")
+        "(+ <stem>.geojson, <stem>_nuclei.parquet)")
     slide.add_argument("--region", type=int, default=None, metavar="PX",
                        help="region edge in pixels of the chosen level (default: 2048)")
     slide.add_argument("--level", type=int, default=None,
@@ -60,6 +60,9 @@ def add_arguments(parser):
                        help="microns per pixel of level 0, when the file does not say (or says wrong)")
     slide.add_argument("--no-tissue-mask", action="store_true",
                        help="segment every region (default: skip regions without tissue on bright-field slides)")
+    slide.add_argument("--parquet", action="store_true",
+                       help="also write the nucleus table as <stem>_nuclei.parquet (needs pyarrow: "
+                            "pip install 'napari-cellzoo[parquet]')")
     slide.add_argument("--scheduler", default=None, metavar="local:N|tcp://HOST:PORT",
                        help="run the regions on dask.distributed: a LocalCluster of N worker processes, or the "
                             "address of a running scheduler (default: this process)")
@@ -259,7 +262,8 @@ def _segment_slide(model, model_name: str, path: Path, args, options: dict) -> N
     # workers of a cluster load the model themselves, by its zoo name or file path (shared storage)
     result = segment_slide(model_name if args.scheduler else model, path, out_dir,
                            on_event, stem=stem, level=args.level, region=args.region or 2048, mpp=args.mpp,
-                           tissue=not args.no_tissue_mask, geojson=args.geojson, overwrite=args.overwrite,
+                           tissue=not args.no_tissue_mask, geojson=args.geojson, parquet=args.parquet,
+                           overwrite=args.overwrite,
                            scheduler=args.scheduler, **engine)
     where = f", {args.scheduler}" if args.scheduler else ""
     print(f"{path.name}: {result.count} objects, {result.seconds:.2f} s, {_device_and_precision(result.meta)}{where}, "

@@ -32,9 +32,16 @@ with a foreground threshold, once more at the threshold ±0.1 (post-processing o
 pass's maps). Per box, ``inconsistency = 1 − mean PQ`` between the identity segmentation and each variant
 (PQ at IoU > 0.5, so both missed/extra nuclei and moved boundaries count); 0 = all agree; empty in all = 0.
 
+*Nuclear content* (no model needed): the estimated share of each box that is nuclei
+(:func:`nuclear_content_map`). Where there is no inconsistency (no model, or a model of the other modality),
+it takes the inconsistency's place below: with few corrections, a patch with more nuclei teaches more (on
+MoNuSeg, the single most representative patch by colour/texture alone held 16 % nuclei and taught less than
+random patches with 35–40 %: benchmarks/results/finetune.md).
+
 *Ranking.* One patch per cluster first (diversity): within a cluster, the more uncertain half (inconsistency
-≥ the cluster's median) is kept and its most representative patch is the cluster's pick; picks are ordered by
-``score = representativeness × inconsistency`` (without a model ``score = representativeness``). If fewer than
+≥ the cluster's median; without inconsistency, nuclear content ≥ its median) is kept and its most
+representative patch is the cluster's pick; picks are ordered by ``score = representativeness ×
+inconsistency`` (without inconsistency ``representativeness × nuclear content``). If fewer than
 ``n`` picks result, the remaining non-overlapping candidates follow by score. Picked boxes never overlap
 (same image). Same input + seed → same ranked boxes.
 """

@@ -10,7 +10,8 @@ tissue are skipped. Memory depends on the region and margin, not the slide.
 
 Outputs: ``<stem>.ome.zarr`` (multiscale OME-Zarr 0.4 labels, level-0 pixel size in its metadata),
 ``<stem>_nuclei.csv`` (id, class, area, centroid in level-0 pixels and microns, score) and optionally
-``<stem>.geojson`` (QuPath, level-0 coordinates). Regions can run on a dask.distributed cluster
+``<stem>_nuclei.parquet`` (the same table, typed; needs pyarrow) and ``<stem>.geojson`` (QuPath, level-0
+coordinates). Regions can run on a dask.distributed cluster
 (``scheduler``): each worker loads the model and opens the slide once; the writer stays here and writes
 in region order, so the result equals a single-process run.
 """
@@ -84,6 +85,13 @@ class SlideResult:
     seconds: float
     shape: tuple[int, int]
     meta: dict[str, Any] = field(default_factory=dict)
+    parquet: Path | None = None
+
+
+#: the nucleus table's columns and their Arrow types (the Parquet copy; the CSV writes the same columns)
+TABLE_COLUMNS = (("id", "int64"), ("class", "int32"), ("class_name", "string"), ("area_px", "int64"),
+                 ("area_um2", "float64"), ("centroid_y", "float64"), ("centroid_x", "float64"),
+                 ("centroid_y_um", "float64"), ("centroid_x_um", "float64"), ("score", "float64"))
 
 
 def plan_regions(shape: tuple[int, int], region: int = DEFAULT_REGION, margin: int = DEFAULT_MARGIN,
@@ -178,7 +186,8 @@ class SlideWriter:
     under a final name)."""
 
     def __init__(self, out_dir: Path, stem: str, shape: tuple[int, int], *, downsample: float, mpp: float | None,
-                 class_names: Sequence[str], geojson: bool = False, overwrite: bool = False) -> None:
+                 class_names: Sequence[str], geojson: bool = False, overwrite: bool = False,
+                 parquet: bool = False) -> None:
         import zarr
 
         from .._atomic import make_output_folder
@@ -187,6 +196,13 @@ class SlideWriter:
         self.paths = {"store": self.out_dir / f"{stem}.ome.zarr", "table": self.out_dir / f"{stem}_nuclei.csv"}
         if geojson:
             self.paths["geojson"] = self.out_dir / f"{stem}.geojson"
+        if parquet:
+            try:
+                import pyarrow  # noqa: F401
+            except ImportError:
+                raise ValueError("a Parquet table needs pyarrow: pip install 'napari-cellzoo[parquet]' (or leave "
+                                 "out --parquet: the CSV table holds the same columns)") from None
+            self.paths["parquet"] = self.out_dir / f"{stem}_nuclei.parquet"
         existing = [p for p in self.paths.values() if p.exists()]
         if existing and not overwrite:
             raise FileExistsError(f"results of an earlier run exist ({', '.join(map(str, existing))}); pass "
@@ -202,9 +218,9 @@ class SlideWriter:
         # the table and the GeoJSON are streamed to hidden temporaries through the run (memory stays bounded);
         # closing ``_outputs`` renames them into place (finish), or removes them (abort)
         self._outputs = contextlib.ExitStack()
-        self.table = csv.writer(self._streamed(self.paths["table"]))
-        self.table.writerow(["id", "class", "class_name", "area_px", "area_um2", "centroid_y", "centroid_x",
-                             "centroid_y_um", "centroid_x_um", "score"])
+        self.table_file = self._streamed(self.paths["table"])
+        self.table = csv.writer(self.table_file)
+        self.table.writerow([name for name, _type in TABLE_COLUMNS])
         self.geojson_file = None
         if geojson:
             self.geojson_file = self._streamed(self.paths["geojson"])
@@ -216,7 +232,26 @@ class SlideWriter:
         from .._atomic import atomic_path
 
         temporary = self._outputs.enter_context(atomic_path(path))
+        self._temporaries = {**getattr(self, "_temporaries", {}), path: temporary}
         return self._outputs.enter_context(open(temporary, "w", newline="", encoding="utf-8"))
+
+    def _write_parquet(self) -> None:
+        """The finished CSV table, streamed batch by batch (bounded memory) into ``<stem>_nuclei.parquet``,
+        under a temporary name that :meth:`finish` renames with the others."""
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
+
+        from .._atomic import atomic_path
+
+        self.table_file.flush()
+        schema = pa.schema([(name, pa.type_for_alias(kind)) for name, kind in TABLE_COLUMNS])
+        temporary = self._outputs.enter_context(atomic_path(self.paths["parquet"]))
+        reader = pacsv.open_csv(self._temporaries[self.paths["table"]],
+                                convert_options=pacsv.ConvertOptions(column_types=schema))
+        with pq.ParquetWriter(temporary, schema) as writer:
+            for batch in reader:
+                writer.write_batch(batch)
 
     def add(self, result: RegionResult) -> None:
         n = int(result.classes.size)
@@ -304,10 +339,12 @@ class SlideWriter:
         return {"path": path, "coordinateTransformations": [{"type": "scale", "scale": [pixel, pixel]}]}
 
     def finish(self) -> dict[str, Path]:
-        self._write_metadata()
-        self._replace_dir(self.store_tmp, self.paths["store"])
         if self.geojson_file is not None:
             self.geojson_file.write("\n]}\n")
+        if "parquet" in self.paths:
+            self._write_parquet()  # before any rename: if it fails, abort() leaves nothing under a final name
+        self._write_metadata()
+        self._replace_dir(self.store_tmp, self.paths["store"])
         self._outputs.close()  # files closed, then fsynced and renamed into place
         return dict(self.paths)
 
@@ -342,7 +379,8 @@ def _local_results(model, slide, level, regions, scale, options, cancel) -> Iter
 
 def segment_slide_iter(model, slide, out_dir: str | os.PathLike, *, stem: str | None = None, level: int | None = None,
                        region: int = DEFAULT_REGION, margin: int | None = None, tissue: bool = True,
-                       geojson: bool = False, overwrite: bool = False, scheduler: str | None = None,
+                       geojson: bool = False, parquet: bool = False, overwrite: bool = False,
+                       scheduler: str | None = None,
                        mpp: float | None = None, bounds: tuple[int, int, int, int] | None = None, cancel=None,
                        **options) -> Generator[Any, None, SlideResult]:
     """Segment a slide (path, array, :class:`SlideSource`) region by region into ``out_dir``; yields
@@ -389,7 +427,7 @@ def segment_slide_iter(model, slide, out_dir: str | os.PathLike, *, stem: str | 
                   + (f", {skipped} without tissue skipped" if skipped else ""))
     writer = SlideWriter(out_dir, stem, shape, downsample=source.downsamples[chosen_level], mpp=source.mpp,
                          class_names=list(getattr(model, "class_names", ["background", "nucleus"])),
-                         geojson=geojson, overwrite=overwrite)
+                         geojson=geojson, overwrite=overwrite, parquet=parquet)
     meta: dict[str, Any] = {}
     yield SlideStore(writer.store_tmp, chosen_level, source.downsamples[chosen_level])
     try:
@@ -416,7 +454,7 @@ def segment_slide_iter(model, slide, out_dir: str | os.PathLike, *, stem: str | 
     return SlideResult(paths["store"], paths["table"], paths.get("geojson"), writer.next_id - 1, chosen_level, scale,
                        len(regions), skipped, time.perf_counter() - started, shape,
                        {**meta, "margin": margin, "region": region, "scheduler": scheduler,
-                        "intensity_range": value_range})
+                        "intensity_range": value_range}, paths.get("parquet"))
 
 
 def segment_slide(model, slide, out_dir, on_event=None, **kwargs) -> SlideResult:
