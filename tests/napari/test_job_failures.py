@@ -153,6 +153,9 @@ SETUPS = {"segment": segment_setup, "evaluate": evaluate_setup, "finetune": fine
 def test_each_fault_ends_in_a_notification_and_a_ready_widget(make_napari_viewer, qtbot, monkeypatch,
                                                               models_dir, shared_data, which, threads):
     monkeypatch.setenv("CELLZOO_SYNC_WORKERS", "1" if threads == "sync" else "0")
+    # the injected faults live in this process: fine-tuning runs in the job thread here (its own process,
+    # the default, is tested below with a real failure inside the child)
+    monkeypatch.setenv("CELLZOO_JOB_PROCESS", "0")
     viewer = make_napari_viewer()
     widget, engine_function, status, succeeded = SETUPS[which](viewer, shared_data)
     for exc, expected in FAULTS:
@@ -302,3 +305,34 @@ def test_segmenting_the_same_image_again_warns_nothing(make_napari_viewer, monke
     before = np.asarray(layer.data).copy()
     layer.undo()  # nothing to undo: the history was cleared
     np.testing.assert_array_equal(np.asarray(layer.data), before)
+
+
+def test_finetune_in_its_own_process_reports_the_childs_failure_and_then_trains(
+        make_napari_viewer, qtbot, monkeypatch, models_dir, shared_data, tmp_path):
+    """The default: the fine-tuning job runs in a child process (its own GIL). A real failure there — a
+    training-set entry whose labels vanished after the folder was added — reaches the widget as the same
+    error with its message, the widget is ready again, and the next run trains in a child and registers
+    the model."""
+    from cellzoo._napari._worker import job_processes
+    from cellzoo.annotate.training_set import TrainingSetWriter
+    from cellzoo.data.io import read_image, read_labels
+    from cellzoo.data.samples import sample_image_path, sample_labels_path
+
+    monkeypatch.setenv("CELLZOO_SYNC_WORKERS", "0")
+    monkeypatch.delenv("CELLZOO_JOB_PROCESS", raising=False)
+    assert job_processes()
+    viewer = make_napari_viewer()
+    widget, _, status, succeeded = finetune_setup(viewer, shared_data)
+    image, labels = read_image(sample_image_path()), read_labels(sample_labels_path())
+    folder = tmp_path / "set"
+    name = TrainingSetWriter(folder).add(image[128:256, :128], labels[128:256, :128])
+    assert widget.add_folder(folder)
+    (folder / "labels" / f"{name}.tif").unlink()
+    before = len(notification_manager.records)
+    run_and_wait(qtbot, widget)
+    assert_ready_after_failure(widget, status(), "is missing", before)
+    widget.folders.clear()
+    before = len(notification_manager.records)
+    run_and_wait(qtbot, widget)
+    assert new_errors(before) == [] and succeeded(), status()
+    assert widget.outcome.saved_path.parent == models_dir and widget.outcome.steps_done == 2

@@ -70,6 +70,14 @@ def sync_workers() -> bool:
     return os.environ.get("CELLZOO_SYNC_WORKERS", "0").strip().lower() in ("1", "true", "yes")
 
 
+def job_processes() -> bool:
+    """True when long jobs that support it (fine-tuning) run in a child process (default; see
+    :mod:`cellzoo._process`); ``CELLZOO_JOB_PROCESS=0`` keeps them in the job thread, as does sync mode."""
+    if sync_workers():
+        return False
+    return os.environ.get("CELLZOO_JOB_PROCESS", "1").strip().lower() not in ("0", "false", "no")
+
+
 class _CancelledMarker:
     """Returned by the thread when the job was cancelled, so cancellation never looks like an error."""
 
