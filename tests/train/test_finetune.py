@@ -203,3 +203,16 @@ def test_the_tuned_model_runs_at_the_size_of_the_corrected_nuclei(monuseg, tmp_p
     # in memory: the tuned metadata when the tuned weights were kept, the base's own when the base was
     assert model.metadata["object_area"] == (corrected_area if result.improved else 150)
     assert model.metadata["default_scale"] == (1.0 if result.improved else "auto")
+
+
+def test_a_base_that_fails_on_the_held_out_data_gets_the_new_domain_learning_rate():
+    """Held-out scores of a failing base (0–0.2) are noise, not a measure of how close the domain is: all get
+    the new-domain lr; a working base (≥ 0.4) the near-domain nudge; in between log-linear, falling."""
+    from cellzoo.train.finetune import auto_lr
+
+    recipe = FinetuneRecipe()
+    assert auto_lr(0.0, recipe) == auto_lr(0.107, recipe) == auto_lr(0.2, recipe) == recipe.lr_new_domain
+    assert auto_lr(0.4, recipe) == pytest.approx(recipe.lr_near_domain) == auto_lr(0.9, recipe)
+    between = [auto_lr(s, recipe) for s in (0.25, 0.3, 0.35)]
+    assert recipe.lr_new_domain > between[0] > between[1] > between[2] > recipe.lr_near_domain
+    assert auto_lr(0.0, FinetuneRecipe(lr=5e-4)) == 5e-4  # an explicit lr wins
