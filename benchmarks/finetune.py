@@ -25,6 +25,8 @@ Methods per k:
   (b) suggested  — the top k of :func:`cellzoo.annotate.suggest.suggest_patches` over the pool (base model);
   (c) suggested+pseudo — (b), then a second fine-tune of the (b) model on the same patches plus its own
       confident predictions on the pool images that hold no suggested patch (pseudo-labels);
+  (e) suggested-colour — (b) with Suggest's ranking term for the nuclear share off (the A/B of that term:
+      without a usable model the ranking is then representativeness alone);
   (d) suggested+synthesis — (b) with half the crops carrying extra corrected nuclei pasted into their
       empty places (``FinetuneRecipe.synthesis``; SpaceFill of the corrected cells).
 Each fine-tune is :func:`cellzoo.train.finetune.finetune_iter` with its default recipe
@@ -77,7 +79,9 @@ SETTINGS = {
 def cache_path(setting: str) -> Path:
     # he-to-dsb keeps the file name of the first runs (finetune.json), so their cells are resumed
     return RESULTS / ("finetune.json" if setting == "he-to-dsb" else f"finetune_{setting}.json")
-METHODS = ("random", "suggested", "suggested+pseudo", "suggested+synthesis")
+#: suggested-colour: Suggest's ranking without the nuclear share (representativeness alone where there is no
+#: inconsistency), the A/B for that ranking term
+METHODS = ("random", "suggested", "suggested+pseudo", "suggested+synthesis", "suggested-colour")
 KS = (1, 2, 4, 8)
 PATCH = 256
 
@@ -176,16 +180,17 @@ def random_patches(pool, k: int, seed: int):
     return out, sorted(used)
 
 
-def suggested_patches(pool, k: int, seed: int, cache: dict):
+def suggested_patches(pool, k: int, seed: int, cache: dict, nuclear_share: bool = True):
     """The top k of suggest_patches over the pool (the base model's features and inconsistency); the boxes
     are cached per k (suggested and suggested+pseudo share them; their CPU time is counted in both)."""
     from cellzoo.annotate.suggest import suggest_patches
 
-    key = str(k) if seed == 0 else f"{k}@{seed}"
+    key = (str(k) if seed == 0 else f"{k}@{seed}") + ("" if nuclear_share else "-colour")
     saved = cache.setdefault("suggestions", {}).get(key)
     if saved is None:
         started = time.process_time()
-        picks = suggest_patches([s.image for s in pool], cache["base"], n=k, patch=PATCH, device="cpu", seed=seed)
+        picks = suggest_patches([s.image for s in pool], cache["base"], n=k, patch=PATCH, device="cpu", seed=seed,
+                                nuclear_share=nuclear_share)
         saved = {"boxes": [[p.image_index, p.y, p.x, p.size] for p in picks],
                  "cpu_minutes": (time.process_time() - started) / 60}
         cache["suggestions"][key] = saved
@@ -216,7 +221,8 @@ def run_cell(k: int, method: str, pool, test, seed: int, cache: dict) -> dict:
     if method == "random":
         patches, used = random_patches(pool, k, seed)
     else:
-        patches, used, suggest_minutes = suggested_patches(pool, k, seed, cache)
+        patches, used, suggest_minutes = suggested_patches(pool, k, seed, cache,
+                                                           nuclear_share=method != "suggested-colour")
         started = time.process_time()
     data = prepare_finetune_data(patches, seed=seed)
     model = resolve_model(cache["base"])

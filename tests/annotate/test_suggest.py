@@ -72,6 +72,8 @@ def test_suggest_folder_of_images_without_model_is_stable(monuseg_images):
     assert all(p.inconsistency == 0 and np.isclose(p.score, p.representativeness * p.nuclear_content)
                for p in patches)
     assert len({p.cluster for p in patches}) == 6
+    plain = suggest_patches(monuseg_images, None, n=6, seed=3, nuclear_share=False)  # the A/B switch
+    assert all(p.score == p.representativeness for p in plain) and len({p.cluster for p in plain}) == 6
     # 2 × 3×3 candidate boxes: both images are among the suggestions
     assert {p.image_index for p in patches} == {0, 1}
     again = suggest_patches(monuseg_images, None, n=6, seed=3)

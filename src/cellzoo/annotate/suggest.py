@@ -453,7 +453,7 @@ def foreign_images(model, images) -> str | None:
 
 def suggest_iter(images, model=None, *, n: int = 6, patch: int = 256, device: str = "cpu", seed: int = 0,
                  cancel=None, variants=DEFAULT_VARIANTS, thresholds=THRESHOLD_OFFSETS,
-                 features: str = "auto") -> Generator[Any, None, list[SuggestedPatch]]:
+                 features: str = "auto", nuclear_share: bool = True) -> Generator[Any, None, list[SuggestedPatch]]:
     """Rank ``patch``² boxes of ``images`` (one array or a list) to annotate next; returns up to ``n``.
 
     ``model``: a CellModel, zoo name or .safetensors path (features and inconsistency), or None
@@ -461,7 +461,8 @@ def suggest_iter(images, model=None, *, n: int = 6, patch: int = 256, device: st
     texture, and no inconsistency) or ``"auto"``: the model's own where it was trained on this kind of image,
     the image's where it was not (a fluorescence model on H&E, or the reverse) — a model that cannot see the
     nuclei clusters and disagrees about the wrong things, as the seed's generic ImageNet features did not;
-    measured in benchmarks/results/finetune.md. Yields ``Progress("suggest", done, total)`` and a
+    measured in benchmarks/results/finetune.md. ``nuclear_share``: without inconsistency, rank by
+    representativeness × the estimated nuclear share (default) or by representativeness alone. Yields ``Progress("suggest", done, total)`` and a
     :class:`~cellzoo.types.Message` saying which features were used. See the module docstring for the method."""
     from ..infer.prepare import prepare_image
     from ..types import Message
@@ -532,7 +533,7 @@ def suggest_iter(images, model=None, *, n: int = 6, patch: int = 256, device: st
     distance, clusters = two_stage_distance(features, quadrants, min(int(n), len(features)), seed)
     result = rank_patches(boxes, distance, clusters,
                           np.concatenate(inconsistency) if model is not None else None, int(n),
-                          content=np.concatenate(content))
+                          content=np.concatenate(content) if nuclear_share else None)
     yield Progress("suggest", total, total, f"{len(result)} patches suggested")
     return result
 
