@@ -579,42 +579,34 @@ def default_finetune_scenarios(bench: Bench) -> None:
         job = getattr(widget, "job", None)
         return bool(job is not None and getattr(job, "running", False))
 
-    if bench.sampler is not None:
-        bench.sampler.take()
-    start = time.perf_counter()
-    widget.run_button.click()
-    took = wait_until(lambda: not running() and widget.run_button.isEnabled(), timeout_s=bench.args.finetune_seconds)
-    stats = bench.probe.stats(start, time.perf_counter())
-    stats["call_ms"] = 1000 * (time.perf_counter() - start)
-    finished = took != float("inf")
-    bench.rows.append(("Fine-tune: short run", stats, f"{bench.args.finetune_steps} steps, batch 2, crop 256, "
-                       + (f"whole run {took:.0f} s" if finished else f"first {bench.args.finetune_seconds:.0f} s")))
-    bench.stacks("Fine-tune: short run")
-    print(f"Fine-tune run: longest stall {stats['longest_ms']:.0f} ms, >100 ms late: {stats['late100']} "
-          f"of {stats['ticks']} ticks", flush=True)
-    if not finished:
-        widget.cancel_button.click()
-        wait_until(lambda: not running(), timeout_s=300)
+    def timed_run(row: str, note: str, label: str) -> None:
+        """One fine-tune run: its stalls as a table row (and stack samples), cancelled if it outlasts the limit."""
+        if bench.sampler is not None:
+            bench.sampler.take()
+        start = time.perf_counter()
+        widget.run_button.click()
+        took = wait_until(lambda: not running() and widget.run_button.isEnabled(),
+                          timeout_s=bench.args.finetune_seconds)
+        stats = bench.probe.stats(start, time.perf_counter())
+        stats["call_ms"] = 1000 * (time.perf_counter() - start)
+        finished = took != float("inf")
+        bench.rows.append((row, stats, note + (f"whole run {took:.0f} s" if finished
+                                               else f"first {bench.args.finetune_seconds:.0f} s")))
+        bench.stacks(row)
+        print(f"{label}: longest stall {stats['longest_ms']:.0f} ms, >100 ms late: {stats['late100']} "
+              f"of {stats['ticks']} ticks", flush=True)
+        if not finished:
+            widget.cancel_button.click()
+            wait_until(lambda: not running(), timeout_s=300)
+
+    timed_run("Fine-tune: short run", f"{bench.args.finetune_steps} steps, batch 2, crop 256, ", "Fine-tune run")
     wait(3000)
     # the same run in the job thread of this process (CELLZOO_JOB_PROCESS=0, the way before the child process):
     # what sharing the GIL with training costs the GUI
     os.environ["CELLZOO_JOB_PROCESS"] = "0"
     widget.new_name.setText("bench-ft-thread")
-    if bench.sampler is not None:
-        bench.sampler.take()
-    start = time.perf_counter()
-    widget.run_button.click()
-    took = wait_until(lambda: not running() and widget.run_button.isEnabled(), timeout_s=bench.args.finetune_seconds)
-    stats = bench.probe.stats(start, time.perf_counter())
-    stats["call_ms"] = 1000 * (time.perf_counter() - start)
-    bench.rows.append(("reference: Fine-tune short run in the job thread", stats,
-                       "CELLZOO_JOB_PROCESS=0; " + (f"whole run {took:.0f} s" if took != float("inf")
-                                                     else f"first {bench.args.finetune_seconds:.0f} s")))
-    bench.stacks("reference: Fine-tune short run in the job thread")
-    print(f"Fine-tune run in the job thread: longest stall {stats['longest_ms']:.0f} ms", flush=True)
-    if took == float("inf"):
-        widget.cancel_button.click()
-        wait_until(lambda: not running(), timeout_s=300)
+    timed_run("reference: Fine-tune short run in the job thread", "CELLZOO_JOB_PROCESS=0; ",
+              "Fine-tune run in the job thread")
     os.environ.pop("CELLZOO_JOB_PROCESS", None)
     wait(3000)
     # a second run, cancelled once it trains
